@@ -1,0 +1,52 @@
+"""User-facing errors and the CLI wrapper that turns them into one line + exit 2."""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+
+
+class UserError(Exception):
+    """Bad input the user can fix: printed as one line, exit code 2, no traceback."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports bad arguments on one line (exit 2) instead of usage + error."""
+
+    def error(self, message):  # noqa: D401 - argparse hook
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+def cli(fn):
+    """Run a CLI main(); a UserError becomes 'prog: error: ...' on stderr and exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(argv=None):
+        try:
+            return fn(argv)
+        except UserError as e:
+            prog = _prog_name(fn)
+            sys.stderr.write(f"{prog}: error: {e}\n")
+            sys.exit(2)
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted\n")
+            sys.exit(130)
+
+    return wrapper
+
+
+def _prog_name(fn) -> str:
+    mod = sys.modules.get(fn.__module__)
+    spec = getattr(mod, "__spec__", None)
+    name = spec.name if spec is not None else fn.__module__
+    return name if name != "__main__" else (sys.argv[0].rsplit("/", 1)[-1] or "m2mdc")
+
+
+def check_range(name: str, value: float, lo: float, hi: float, lo_open=False, hi_open=False, hint=""):
+    """Raise a UserError unless lo <(=) value <(=) hi."""
+    ok_lo = value > lo if lo_open else value >= lo
+    ok_hi = value < hi if hi_open else value <= hi
+    if not (ok_lo and ok_hi):
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise UserError(f"{name}={value} is outside {interval}{'; ' + hint if hint else ''}")

@@ -1,0 +1,90 @@
+"""Cost of a model: parameters, MACs (fvcore), checkpoint size, measured CPU latency."""
+from __future__ import annotations
+
+import io
+import os
+import statistics
+import time
+import warnings
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def gmacs(model: nn.Module, resolution: int = 32) -> float:
+    """Multiply-accumulates of one (1,3,R,R) forward pass, in G (fvcore counts a MAC as one)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.zeros(1, 3, resolution, resolution, device=device)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fvcore traces with the (deprecated) TorchScript tracer
+        fca = FlopCountAnalysis(model, x)
+        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        total = fca.total()
+    model.train(was_training)
+    return total / 1e9
+
+
+def state_dict_bytes(state_dict: dict) -> int:
+    """Size of ``torch.save(state_dict)``: what the checkpoint costs on disk."""
+    buf = io.BytesIO()
+    torch.save(state_dict, buf)
+    return buf.getbuffer().nbytes
+
+
+def checkpoint_size(model: nn.Module) -> int:
+    return state_dict_bytes(model.state_dict())
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, resolution: int = 32, batch: int = 1, threads: int | None = None,
+               warmup: int = 10, repeats: int = 50, device: torch.device | str = "cpu") -> dict:
+    """Median wall time of one forward pass, measured (never derived from MACs).
+
+    Returns {"ms": median, "p90_ms": ..., "images_per_s": ..., "threads": n, "batch": b}.
+    """
+    threads = threads or default_threads()
+    device = torch.device(device)
+    x = torch.randn(batch, 3, resolution, resolution, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    with torch_threads(threads):
+        for i in range(warmup + repeats):
+            sync()
+            t0 = time.perf_counter()
+            model(x)
+            sync()
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1e3)
+    med = statistics.median(times)
+    times.sort()
+    return {"ms": med, "p90_ms": times[int(0.9 * (len(times) - 1))], "images_per_s": batch * 1e3 / med,
+            "threads": threads, "batch": batch}
+
+
+def cost_summary(model: nn.Module, resolution: int = 32) -> dict:
+    return {"params": count_params(model), "gmacs": gmacs(model, resolution),
+            "size_bytes": checkpoint_size(model)}

@@ -1,0 +1,257 @@
+"""The adapter interface: the paper's four hooks (blocks, stages, protection, rebuild) plus
+the channel-group map that makes slicing generic.
+
+A *keep_cfg* is plain data that, with the architecture name and class count, determines a
+student's structure exactly::
+
+    {"blocks": {"layer1": [0], "layer3": [0, 1], ...},   # original block indices kept per stage
+     "planes": {"layer1": 40, ...},                        # residual planes kept per stage
+     "mid":    {"layer1.0": 32, ...}}                      # inner (mid) channels kept per block
+
+Missing entries mean "keep everything". Block names keep their original index (the student's
+``layer3.1`` is the teacher's ``layer3.1``) so weights map across by name.
+
+Every sliceable Conv2d / BatchNorm2d / Linear is tagged with an (out_group, in_group) pair of
+channel-group names. Slicing a group keeps the same channel indices in every tensor dimension
+tagged with it, which is what keeps residual additions shape-correct.
+"""
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+FIXED = None  # a dimension that is never sliced (image channels, class logits)
+
+
+def empty_keep_cfg() -> dict:
+    return {"blocks": {}, "planes": {}, "mid": {}}
+
+
+def normalize_keep_cfg(keep_cfg: dict | None) -> dict:
+    cfg = empty_keep_cfg()
+    for key, val in (keep_cfg or {}).items():
+        if key not in cfg:
+            raise UserError(f"keep_cfg has unknown key {key!r}; expected blocks, planes, mid")
+        cfg[key] = {str(k): (sorted(int(i) for i in v) if key == "blocks" else int(v)) for k, v in val.items()}
+    return cfg
+
+
+class Adapter:
+    """Architecture knowledge for one family. Subclasses implement the hooks marked below."""
+
+    arch: str
+    family: str
+
+    def __init__(self, arch: str, factory: Callable[..., nn.Module]):
+        self.arch = arch
+        self._factory = factory
+
+    # ---- construction -------------------------------------------------------------
+    def base_model(self, num_classes: int) -> nn.Module:
+        """The unpruned torchvision architecture with a head for ``num_classes``."""
+        return self._factory(num_classes=num_classes)
+
+    # ---- hook 1: blocks ---------------------------------------------------------------
+    def blocks(self, model: nn.Module) -> "OrderedDict[str, nn.Module]":
+        """All removable-or-protected residual blocks, in forward order."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    # ---- hook 2: stages ---------------------------------------------------------------
+    def stage_of(self, block_name: str) -> str:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def block_index(self, block_name: str) -> int:
+        """Original index of the block inside its stage."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def block_name(self, stage: str, index: int) -> str:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    # ---- hook 3: protection -------------------------------------------------------------
+    def is_protected(self, model: nn.Module, block_name: str) -> bool:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    # ---- hook 4: rebuild ----------------------------------------------------------------
+    def drop_blocks(self, model: nn.Module, keep_blocks: dict[str, list[int]]) -> None:
+        """Remove from ``model`` (in place) every block not listed in keep_blocks."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def channel_groups(self, model: nn.Module) -> "OrderedDict[str, tuple[str | None, str | None]]":
+        """{module name: (out_group, in_group)} for every sliceable conv/bn/linear."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def check_invariants(self, model: nn.Module) -> None:
+        """Raise ValueError naming the block whose residual shapes disagree."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    head_name: str  # the final Linear: its input is the penultimate feature vector phi
+
+    # ---- derived, architecture-free ---------------------------------------------------
+    def stages(self, model: nn.Module) -> list[str]:
+        out: list[str] = []
+        for name in self.blocks(model):
+            s = self.stage_of(name)
+            if s not in out:
+                out.append(s)
+        return out
+
+    def blocks_by_stage(self, model: nn.Module) -> "OrderedDict[str, list[str]]":
+        out: OrderedDict[str, list[str]] = OrderedDict()
+        for name in self.blocks(model):
+            out.setdefault(self.stage_of(name), []).append(name)
+        return out
+
+    def protected_blocks(self, model: nn.Module) -> list[str]:
+        return [b for b in self.blocks(model) if self.is_protected(model, b)]
+
+    def group_widths(self, model: nn.Module) -> dict[str, int]:
+        """Current width of every channel group, read off the module shapes."""
+        mods = dict(model.named_modules())
+        widths: dict[str, int] = {}
+        for name, (g_out, g_in) in self.channel_groups(model).items():
+            m = mods[name]
+            if isinstance(m, nn.Conv2d):
+                dims = [(g_out, m.out_channels), (g_in, m.in_channels)]
+            elif isinstance(m, nn.BatchNorm2d):
+                dims = [(g_out, m.num_features)]
+            else:
+                dims = [(g_out, m.out_features), (g_in, m.in_features)]
+            for g, w in dims:
+                if g is None:
+                    continue
+                if widths.setdefault(g, w) != w:
+                    raise ValueError(f"channel group {g} has inconsistent widths at {name}: {widths[g]} vs {w}")
+        return widths
+
+    def keep_cfg_of(self, model: nn.Module) -> dict:
+        """The keep_cfg that describes ``model`` (blocks present, planes and mid widths)."""
+        cfg = empty_keep_cfg()
+        for stage, names in self.blocks_by_stage(model).items():
+            cfg["blocks"][stage] = [self.block_index(n) for n in names]
+        for g, w in self.group_widths(model).items():
+            kind, _, owner = g.partition(":")
+            if kind == "planes":
+                cfg["planes"][owner] = w
+            elif kind == "mid":
+                cfg["mid"][owner] = w
+        return cfg
+
+    def validate_keep_cfg(self, keep_cfg: dict, num_classes: int) -> dict:
+        """Normalise and check a keep_cfg against the full architecture; UserError if invalid."""
+        cfg = normalize_keep_cfg(keep_cfg)
+        full = self.base_model(num_classes)
+        by_stage = self.blocks_by_stage(full)
+        widths = self.group_widths(full)
+        for stage, idxs in cfg["blocks"].items():
+            if stage not in by_stage:
+                raise UserError(f"keep_cfg names stage {stage!r}, which {self.arch} does not have "
+                                f"(stages: {', '.join(by_stage)})")
+            valid = [self.block_index(n) for n in by_stage[stage]]
+            bad = [i for i in idxs if i not in valid]
+            if bad:
+                raise UserError(f"keep_cfg names missing block(s) {[self.block_name(stage, i) for i in bad]} "
+                                f"in {self.arch}; {stage} has indices {valid}")
+            if not idxs:
+                raise UserError(f"keep_cfg empties stage {stage!r}; every stage must keep at least one block")
+            for n in by_stage[stage]:
+                if self.is_protected(full, n) and self.block_index(n) not in idxs:
+                    raise UserError(f"keep_cfg removes protected block {n}; protected blocks of {self.arch}: "
+                                    f"{', '.join(self.protected_blocks(full))}")
+        for kind in ("planes", "mid"):
+            for owner, w in cfg[kind].items():
+                g = f"{kind}:{owner}"
+                if g not in widths:
+                    raise UserError(f"keep_cfg {kind} names {owner!r}, which is not a {kind} group of {self.arch}")
+                if not 1 <= w <= widths[g]:
+                    raise UserError(f"keep_cfg {kind}[{owner!r}]={w} must be in [1, {widths[g]}]")
+                if kind == "mid" and not self._block_kept(owner, cfg):
+                    raise UserError(f"keep_cfg sets mid width of {owner}, which the keep_cfg removes")
+        return cfg
+
+    def _block_kept(self, block: str, cfg: dict) -> bool:
+        stage = self.stage_of(block)
+        return stage not in cfg["blocks"] or self.block_index(block) in cfg["blocks"][stage]
+
+    def rebuild(self, keep_cfg: dict | None, num_classes: int) -> nn.Module:
+        """A freshly initialised model with exactly the structure keep_cfg describes."""
+        cfg = normalize_keep_cfg(keep_cfg)
+        model = self.base_model(num_classes)
+        if cfg["blocks"]:
+            self.drop_blocks(model, cfg["blocks"])
+        widths = dict(self.group_widths(model))
+        for kind in ("planes", "mid"):
+            for owner, w in cfg[kind].items():
+                for g in (f"{kind}:{owner}", f"{kind}2:{owner}"):
+                    if g in widths:
+                        widths[g] = w
+        _resize(model, self.channel_groups(model), widths)
+        return model
+
+    def slice(self, model: nn.Module, keep_idx: dict[str, torch.Tensor], num_classes: int) -> nn.Module:
+        """A new model keeping, for each group in keep_idx, the given channel indices.
+
+        Weights are copied from ``model``; groups absent from keep_idx keep every channel.
+        """
+        groups = self.channel_groups(model)
+        widths = self.group_widths(model)
+        cfg = self.keep_cfg_of(model)
+        for g, idx in keep_idx.items():
+            if g not in widths:
+                raise ValueError(f"unknown channel group {g}")
+            kind, _, owner = g.partition(":")
+            kind = kind.rstrip("2")
+            cfg[kind][owner] = int(len(idx))
+        new = self.rebuild(cfg, num_classes)
+        idx = {g: torch.as_tensor(i, dtype=torch.long).sort().values for g, i in keep_idx.items()}
+        new_sd = OrderedDict()
+        for key, t in model.state_dict().items():
+            mod, _, pname = key.rpartition(".")
+            if mod in groups and t.dim() > 0:
+                g_out, g_in = groups[mod]
+                if g_out in idx:
+                    t = t.index_select(0, idx[g_out].to(t.device))
+                # depthwise weights are [C, 1, k, k]: dim 1 only carries the group when full width
+                if t.dim() > 1 and g_in in idx and t.shape[1] == widths[g_in]:
+                    t = t.index_select(1, idx[g_in].to(t.device))
+            new_sd[key] = t.clone()
+        new.load_state_dict(new_sd, strict=True)
+        return new.to(next(model.parameters()).device)
+
+
+def _resize(model: nn.Module, groups: dict, widths: dict[str, int]) -> None:
+    """Replace each grouped module by a freshly initialised one of the target widths."""
+    for name, (g_out, g_in) in groups.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        m = getattr(parent, child)
+        if isinstance(m, nn.Conv2d):
+            out_c = widths[g_out] if g_out else m.out_channels
+            depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+            in_c = out_c if depthwise else (widths[g_in] if g_in else m.in_channels)
+            if (out_c, in_c) == (m.out_channels, m.in_channels):
+                continue
+            new = nn.Conv2d(in_c, out_c, m.kernel_size, m.stride, m.padding, m.dilation,
+                            groups=out_c if depthwise else m.groups, bias=m.bias is not None)
+        elif isinstance(m, nn.BatchNorm2d):
+            w = widths[g_out]
+            if w == m.num_features:
+                continue
+            new = nn.BatchNorm2d(w, eps=m.eps, momentum=m.momentum)
+        elif isinstance(m, nn.Linear):
+            in_f = widths[g_in] if g_in else m.in_features
+            if in_f == m.in_features:
+                continue
+            new = nn.Linear(in_f, m.out_features, bias=m.bias is not None)
+        else:  # pragma: no cover - adapters only tag these three types
+            raise TypeError(f"cannot resize {type(m).__name__} at {name}")
+        setattr(parent, child, new)
+
+
+def clone(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)

@@ -1,0 +1,90 @@
+"""torchvision ResNet (BasicBlock: resnet18/34; Bottleneck: resnet50)."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from .base import Adapter
+
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+class ResNetAdapter(Adapter):
+    family = "resnet"
+    head_name = "fc"
+
+    def blocks(self, model):
+        out = OrderedDict()
+        for stage in STAGES:
+            for idx, block in getattr(model, stage)._modules.items():
+                out[f"{stage}.{idx}"] = block
+        return out
+
+    def stage_of(self, block_name):
+        return block_name.split(".")[0]
+
+    def block_index(self, block_name):
+        return int(block_name.split(".")[1])
+
+    def block_name(self, stage, index):
+        return f"{stage}.{index}"
+
+    def is_protected(self, model, block_name):
+        # Transition blocks (stride / width change, hence a downsample branch) cannot be
+        # skipped: the paper protects layer2.0, layer3.0, layer4.0 (and resnet50's layer1.0).
+        return model.get_submodule(block_name).downsample is not None
+
+    def drop_blocks(self, model, keep_blocks):
+        for stage, idxs in keep_blocks.items():
+            layer = getattr(model, stage)
+            setattr(model, stage, nn.Sequential(OrderedDict((str(i), layer._modules[str(i)]) for i in idxs)))
+
+    def channel_groups(self, model):
+        g = OrderedDict()
+        bottleneck = isinstance(next(iter(model.layer1.children())), Bottleneck)
+        # A stage whose first block has no downsample adds its input to its output, so its
+        # planes are the same channels as its input (resnet18/34 layer1 shares the stem's).
+        first = next(iter(model.layer1.children()))
+        in_group = "planes:layer1" if first.downsample is None else "stem"
+        g["conv1"] = (in_group, None)
+        g["bn1"] = (in_group, in_group)
+        for stage in STAGES:
+            planes = f"planes:{stage}"
+            for idx, block in getattr(model, stage)._modules.items():
+                name = f"{stage}.{idx}"
+                mid = f"mid:{name}"
+                if bottleneck:
+                    mid2 = f"mid2:{name}"
+                    g[f"{name}.conv1"] = (mid, in_group)
+                    g[f"{name}.bn1"] = (mid, mid)
+                    g[f"{name}.conv2"] = (mid2, mid)
+                    g[f"{name}.bn2"] = (mid2, mid2)
+                    g[f"{name}.conv3"] = (planes, mid2)
+                    g[f"{name}.bn3"] = (planes, planes)
+                else:
+                    g[f"{name}.conv1"] = (mid, in_group)
+                    g[f"{name}.bn1"] = (mid, mid)
+                    g[f"{name}.conv2"] = (planes, mid)
+                    g[f"{name}.bn2"] = (planes, planes)
+                if block.downsample is not None:
+                    g[f"{name}.downsample.0"] = (planes, in_group)
+                    g[f"{name}.downsample.1"] = (planes, planes)
+                in_group = planes
+        g["fc"] = (None, in_group)
+        return g
+
+    def check_invariants(self, model):
+        for name, block in self.blocks(model).items():
+            last = block.conv3 if isinstance(block, Bottleneck) else block.conv2
+            if block.downsample is not None:
+                ref, what = block.downsample[0].out_channels, "downsample_out_C"
+            else:
+                ref, what = block.conv1.in_channels, "conv1_in_C"
+            if last.out_channels != ref:
+                raise ValueError(f"residual invariant broken in {name}: conv_out_C={last.out_channels} != {what}={ref}")
+
+
+def _is_resnet_block(m):
+    return isinstance(m, (BasicBlock, Bottleneck))

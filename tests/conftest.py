@@ -1,0 +1,33 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from m2mdc.data import data_root, load_dataset
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def cifar100_available() -> bool:
+    return (data_root() / "cifar-100-python" / "train").exists()
+
+
+requires_cifar = pytest.mark.skipif(not cifar100_available(), reason="CIFAR-100 not under the data root "
+                                    "(set M2MDC_DATA_DIR or unpack it into ./data)")
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture()
+def out_dir(tmp_path) -> Path:
+    return tmp_path / "outputs"
+
+
+@pytest.fixture(autouse=True)
+def _isolate_outputs(tmp_path, monkeypatch):
+    """No test writes into the repo's ./outputs."""
+    monkeypatch.setenv("M2MDC_OUT_DIR", str(tmp_path / "default-outputs"))
