@@ -1,0 +1,80 @@
+"""Run one compression plan end to end on a (cached) teacher; write the model + a JSON record.
+
+    python -m m2mdc.compress --arch resnet18 --dataset cifar100 --prune-ratio 0.5 --planes-keep 0.5 --mid-keep 0.5
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .data import load_dataset
+from .device import pick_device
+from .errors import Parser, UserError, cli
+from .io import ensure_writable, out_root, stable_hash
+from .pipeline import m2mdc_plan, prepare_context, run_plan, save_result, validate_plan
+from .slicing import SIGNALS
+from .teacher import add_data_args, add_teacher_args, recipe_from_args
+
+
+def _json_arg(text: str, what: str):
+    try:
+        return json.loads(Path(text).read_text() if Path(text).is_file() else text)
+    except (ValueError, OSError) as e:
+        raise UserError(f"{what} is neither valid JSON nor a readable JSON file ({e})") from None
+
+
+def plan_from_args(a) -> list[dict]:
+    if a.plan:
+        return _json_arg(a.plan, "--plan")
+    kd = {"epochs": a.kd_epochs, "alpha": a.alpha, "beta": a.beta, "lr": a.kd_lr, "kl_weight": a.kl_weight,
+          "temperature": a.temperature}
+    keep_blocks = _json_arg(a.keep_blocks, "--keep-blocks") if a.keep_blocks else None
+    return m2mdc_plan(None if keep_blocks else a.prune_ratio, a.planes_keep, a.mid_keep, keep_blocks, a.signal, **kd)
+
+
+@cli
+def main(argv=None):
+    p = Parser(prog="python -m m2mdc.compress", description=__doc__.split("\n\n")[0])
+    add_teacher_args(p)
+    add_data_args(p)
+    p.add_argument("--teacher-epochs", type=int, default=None, help="alias of --epochs (teacher training epochs)")
+    g = p.add_argument_group("M2M-DC plan (ignored when --plan is given)")
+    g.add_argument("--prune-ratio", type=float, default=0.5, help="share of unprotected blocks removed, in [0,1)")
+    g.add_argument("--keep-blocks", default=None, help='explicit blocks to keep, JSON, e.g. \'{"layer1":[0],'
+                   '"layer2":[0],"layer3":[0,1],"layer4":[0,1]}\' (overrides --prune-ratio)')
+    g.add_argument("--planes-keep", type=float, default=0.5, help="share of residual planes kept per stage, (0,1]")
+    g.add_argument("--mid-keep", type=float, default=0.5, help="share of mid channels kept per block, (0,1]")
+    g.add_argument("--signal", default="bn", choices=SIGNALS, help="channel ranking signal (default bn = |BN gamma|)")
+    g.add_argument("--kd-epochs", type=int, default=5, help="epochs T of each KD repair (default 5)")
+    g.add_argument("--alpha", type=float, default=0.1, help="alpha*: target logit-alignment weight")
+    g.add_argument("--beta", type=float, default=0.1, help="beta*: target feature-alignment weight")
+    g.add_argument("--kd-lr", type=float, default=1e-4, help="Adam learning rate of KD (default 1e-4)")
+    g.add_argument("--kl-weight", type=float, default=0.0, help="weight of a Hinton KL term (default 0: paper)")
+    g.add_argument("--temperature", type=float, default=4.0, help="temperature of the KL term")
+    p.add_argument("--plan", default=None, help="a plan as JSON text or a JSON file (list of steps)")
+    p.add_argument("--name", default=None, help="output folder name under OUT/compress (default: derived)")
+    a = p.parse_args(argv)
+    if a.teacher_epochs is not None:
+        a.epochs = a.teacher_epochs
+    recipe = recipe_from_args(a)
+    device = pick_device(a.device)
+    plan = plan_from_args(a)
+    ds = load_dataset(a.dataset, a.data_dir, a.resolution, a.val_size, a.split_seed)
+    plan = validate_plan(plan, a.arch, ds.num_classes)
+    name = a.name or f"{a.arch}-{ds.name}-{stable_hash({'plan': plan, 'recipe': repr(recipe)}, 8)}"
+    folder = ensure_writable(out_root(a.out_dir) / "compress") / name
+    print(f"{ds.describe()}; device {device}; plan: " + " -> ".join(s["step"] for s in plan), file=sys.stderr)
+    ctx = prepare_context(a.arch, ds, recipe, device, a.out_dir)
+    t = ctx.teacher_record
+    print(f"[teacher] val top-1 {t['val_top1']:.2f}%  test top-1 {t['test_top1']:.2f}%  GMACs {t['gmacs']:.4f}",
+          flush=True)
+    model, record = run_plan(plan, ctx)
+    save_result(model, record, folder)
+    print(f"student: val top-1 {record['val_top1']:.2f}%  test top-1 {record['test_top1']:.2f}%  "
+          f"params {record['params'] / 1e6:.3f}M  GMACs {record['gmacs']:.4f}  -> {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    main()

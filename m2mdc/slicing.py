@@ -1,0 +1,137 @@
+"""Residual-safe channel slicing: stage planes and per-block mid channels.
+
+A channel group (see ``models.base``) is every tensor dimension that must keep the same
+channels for the network to stay shape-correct: a stage's *planes* group spans each block's
+last conv/bn, the transition downsample and the next stage's (or the head's) inputs; a block's
+*mid* group spans conv1 out / bn1 / conv2 in (expand / depthwise / project-in for MobileNetV2).
+Slicing a group keeps its top-K channels by a ranking signal, in every tensor at once.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from .errors import UserError, check_range
+from .models.base import Adapter
+
+SIGNALS = ("bn", "l1", "mi")
+
+
+def _modules_by_out_group(model: nn.Module, adapter: Adapter) -> dict[str, list[tuple[str, nn.Module]]]:
+    mods = dict(model.named_modules())
+    out: dict[str, list] = defaultdict(list)
+    for name, (g_out, _) in adapter.channel_groups(model).items():
+        if g_out is not None:
+            out[g_out].append((name, mods[name]))
+    return out
+
+
+def channel_scores(model: nn.Module, adapter: Adapter, groups: list[str], signal: str = "bn",
+                   probe=None, bins: int = 10) -> dict[str, torch.Tensor]:
+    """Importance of every channel of each group, aggregated over the modules that write it.
+
+    bn: |gamma| of each BatchNorm in the group; l1: L1 norm of each conv's output filters;
+    mi: label mutual information of each BatchNorm's spatially pooled output over the probe set.
+    Each module's scores are divided by their mean before summing, so a stage's blocks weigh
+    equally whatever their scale.
+    """
+    if signal not in SIGNALS:
+        raise UserError(f"unknown ranking signal {signal!r}; choose one of {', '.join(SIGNALS)}")
+    writers = _modules_by_out_group(model, adapter)
+    if signal == "mi":
+        if probe is None:
+            raise ValueError("the mi signal needs a probe loader")
+        from .mi import channel_mi_scores
+
+        names = [n for g in groups for n, m in writers[g] if isinstance(m, nn.BatchNorm2d)]
+        mi = channel_mi_scores(model, names, probe, bins=bins)
+    scores = {}
+    for g in groups:
+        parts = []
+        for name, m in writers[g]:
+            if signal == "bn" and isinstance(m, nn.BatchNorm2d):
+                parts.append(m.weight.detach().abs().float().cpu())
+            elif signal == "l1" and isinstance(m, nn.Conv2d):
+                parts.append(m.weight.detach().abs().flatten(1).sum(1).float().cpu())
+            elif signal == "mi" and isinstance(m, nn.BatchNorm2d):
+                parts.append(mi[name].float().cpu())
+        if not parts:
+            raise ValueError(f"no module provides a {signal} score for channel group {g}")
+        scores[g] = sum(p / p.mean().clamp_min(1e-12) for p in parts)
+    return scores
+
+
+def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k highest scores (ties: lower index first), returned in ascending order."""
+    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    return torch.tensor(sorted(order[:k]), dtype=torch.long)
+
+
+def keep_width(full: int, fraction: float) -> int:
+    return max(1, min(full, int(round(fraction * full))))
+
+
+def slice_groups(model: nn.Module, adapter: Adapter, widths: dict[str, int], num_classes: int,
+                 signal: str = "bn", probe=None, bins: int = 10, check_input: torch.Tensor | None = None
+                 ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Keep ``widths[g]`` channels of each group g; returns the new model and kept indices.
+
+    The result is checked: residual invariants hold and a forward pass runs, else ValueError.
+    """
+    current = adapter.group_widths(model)
+    todo = {g: w for g, w in widths.items() if w < current[g]}
+    if not todo:
+        return model, {}
+    scores = channel_scores(model, adapter, list(todo), signal, probe, bins)
+    keep = {g: top_k(scores[g], w) for g, w in todo.items()}
+    new = adapter.slice(model, keep, num_classes)
+    verify(new, adapter, check_input)
+    return new, keep
+
+
+def verify(model: nn.Module, adapter: Adapter, x: torch.Tensor | None = None) -> None:
+    """Residual invariants + a forward pass; raises ValueError naming what broke."""
+    adapter.check_invariants(model)
+    device = next(model.parameters()).device
+    x = x if x is not None else torch.zeros(2, 3, 32, 32)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x.to(device))
+    except RuntimeError as e:
+        raise ValueError(f"sliced {adapter.arch} fails a forward pass: {str(e).splitlines()[0]}") from e
+    finally:
+        model.train(was)
+
+
+def _fraction_for(owner: str, keep: float | dict, default: float = 1.0) -> float:
+    return keep.get(owner, default) if isinstance(keep, dict) else keep
+
+
+def planes_widths(model: nn.Module, adapter: Adapter, planes_keep: float | dict[str, float]) -> dict[str, int]:
+    """Target width of every stage's planes group for a keep fraction (one, or per stage)."""
+    _check_fractions("planes_keep", planes_keep)
+    return {g: keep_width(w, _fraction_for(g.split(":", 1)[1], planes_keep))
+            for g, w in adapter.group_widths(model).items() if g.startswith("planes:")}
+
+
+def mid_widths(model: nn.Module, adapter: Adapter, mid_keep: float | dict[str, float]) -> dict[str, int]:
+    """Target width of every block's mid group(s) (one fraction, or per block / per stage)."""
+    _check_fractions("mid_keep", mid_keep)
+    out = {}
+    for g, w in adapter.group_widths(model).items():
+        kind, _, block = g.partition(":")
+        if kind in ("mid", "mid2"):
+            frac = _fraction_for(block, mid_keep, _fraction_for(adapter.stage_of(block), mid_keep)
+                                 if isinstance(mid_keep, dict) else 1.0)
+            out[g] = keep_width(w, frac)
+    return out
+
+
+def _check_fractions(name: str, keep) -> None:
+    for k, v in (keep.items() if isinstance(keep, dict) else [(None, keep)]):
+        check_range(f"{name}{'[' + k + ']' if k else ''}", float(v), 0.0, 1.0, lo_open=True,
+                    hint="a keep fraction is the share of channels kept, in (0, 1]")

@@ -1,0 +1,91 @@
+"""Residual-safe slicing: invariants, forward passes, MACs recounted, ranking signals."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+from m2mdc import metrics
+from m2mdc.data import probe_loader
+from m2mdc.errors import UserError
+from m2mdc.models import get_adapter
+from m2mdc.slicing import channel_scores, mid_widths, planes_widths, slice_groups, top_k, verify
+
+from .test_models import base, hooked_macs
+
+ARCHS = ["resnet18", "resnet34", "resnet50", "mobilenet_v2"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@settings(max_examples=3, deadline=None)
+@given(planes=st.floats(0.05, 1.0), mid=st.floats(0.05, 1.0), signal=st.sampled_from(["bn", "l1"]))
+def test_random_slices_keep_invariants_and_macs(arch, planes, mid, signal):
+    a = get_adapter(arch)
+    m = base(arch)
+    s, kept_p = slice_groups(m, a, planes_widths(m, a, planes), 100, signal)
+    s, kept_m = slice_groups(s, a, mid_widths(s, a, mid), 100, signal)
+    a.check_invariants(s)
+    assert s(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+    # MACs of the sliced model == fvcore on a fresh rebuild of its keep_cfg == independent count
+    g = metrics.gmacs(s)
+    assert g == metrics.gmacs(a.rebuild(a.keep_cfg_of(s), 100))
+    assert g == pytest.approx(hooked_macs(s), rel=1e-9)
+    widths = a.group_widths(s)
+    for grp, idx in {**kept_p, **kept_m}.items():
+        assert widths[grp] == len(idx) and torch.equal(idx, idx.sort().values)
+
+
+def test_bn_signal_keeps_largest_gammas():
+    a = get_adapter("resnet18")
+    m = base("resnet18")
+    m2 = a.rebuild(None, 100)
+    m2.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        for name in ("layer4.0.bn2", "layer4.1.bn2", "layer4.0.downsample.1"):
+            m2.get_submodule(name).weight.fill_(0.01)
+            m2.get_submodule(name).weight[[7, 100, 300]] = 5.0
+    s, kept = slice_groups(m2, a, {"planes:layer4": 3}, 100, "bn")
+    assert kept["planes:layer4"].tolist() == [7, 100, 300]
+    assert s.fc.in_features == 3
+    assert torch.equal(s.fc.weight, m2.fc.weight[:, [7, 100, 300]])
+
+
+def test_mi_signal_runs_on_probe(digits):
+    a = get_adapter("resnet18")
+    m = a.base_model(10).eval()
+    probe = probe_loader(digits, "cpu", max_samples=256)
+    sc = channel_scores(m, a, ["planes:layer2", "mid:layer2.1"], "mi", probe)
+    assert sc["planes:layer2"].shape == (128,) and sc["mid:layer2.1"].shape == (128,)
+    assert (sc["planes:layer2"] >= 0).all()
+
+
+def test_top_k_is_deterministic_with_ties():
+    assert top_k(torch.tensor([1.0, 3.0, 3.0, 0.5, 3.0]), 2).tolist() == [1, 2]
+
+
+def test_invariant_violation_names_the_block():
+    a = get_adapter("resnet18")
+    m = a.base_model(10)
+    m.layer3[1].conv2 = nn.Conv2d(256, 200, 3, padding=1, bias=False)
+    with pytest.raises(ValueError, match="layer3.1"):
+        a.check_invariants(m)
+    mb = get_adapter("mobilenet_v2").base_model(10)
+    mb.features[5].conv[2] = nn.Conv2d(192, 30, 1, bias=False)
+    with pytest.raises(ValueError, match="features.5"):
+        get_adapter("mobilenet_v2").check_invariants(mb)
+
+
+def test_forward_failure_is_reported():
+    a = get_adapter("resnet18")
+    m = a.base_model(10)
+    m.fc = nn.Linear(7, 10)
+    with pytest.raises(ValueError, match="forward pass"):
+        verify(m, a)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.2, 1.5])
+def test_bad_keep_fraction(bad):
+    a = get_adapter("resnet18")
+    with pytest.raises(UserError, match="keep"):
+        planes_widths(base("resnet18"), a, bad)
+    with pytest.raises(UserError, match="keep"):
+        mid_widths(base("resnet18"), a, bad)
