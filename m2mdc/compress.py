@@ -12,7 +12,7 @@ from .data import load_dataset
 from .device import pick_device
 from .errors import Parser, UserError, cli
 from .io import ensure_writable, out_root, stable_hash
-from .pipeline import m2mdc_plan, prepare_context, run_plan, save_result, validate_plan
+from .pipeline import PRESETS, m2mdc_plan, prepare_context, preset_plan, run_plan, save_result, validate_plan
 from .slicing import SIGNALS
 from .teacher import add_data_args, add_teacher_args, recipe_from_args
 
@@ -30,6 +30,17 @@ def plan_from_args(a) -> list[dict]:
     kd = {"epochs": a.kd_epochs, "alpha": a.alpha, "beta": a.beta, "lr": a.kd_lr, "kl_weight": a.kl_weight,
           "temperature": a.temperature}
     keep_blocks = _json_arg(a.keep_blocks, "--keep-blocks") if a.keep_blocks else None
+    if a.preset and a.preset != "m2mdc":
+        if keep_blocks is not None:
+            raise UserError("--keep-blocks only applies to the m2mdc preset")
+        try:
+            split = tuple(float(x) / 100 for x in a.split.split("/"))
+        except ValueError:
+            split = ()
+        if len(split) != 3 or any(x <= 0 for x in split):
+            raise UserError(f"--split {a.split!r} must be three positive percentages like 20/40/40")
+        return preset_plan(a.preset, a.prune_ratio, a.planes_keep, a.mid_keep, a.signal, a.sparsity,
+                           a.pqd_epochs, split, **{k: v for k, v in kd.items() if k not in ("lr", "epochs")})
     return m2mdc_plan(None if keep_blocks else a.prune_ratio, a.planes_keep, a.mid_keep, keep_blocks, a.signal, **kd)
 
 
@@ -52,7 +63,15 @@ def main(argv=None):
     g.add_argument("--kd-lr", type=float, default=1e-4, help="Adam learning rate of KD (default 1e-4)")
     g.add_argument("--kl-weight", type=float, default=0.0, help="weight of a Hinton KL term (default 0: paper)")
     g.add_argument("--temperature", type=float, default=4.0, help="temperature of the KL term")
-    p.add_argument("--plan", default=None, help="a plan as JSON text or a JSON file (list of steps)")
+    q = p.add_argument_group("presets and Prune-Quantize-Distill")
+    q.add_argument("--preset", default="m2mdc", choices=PRESETS,
+                   help="m2mdc (default), m2mdc+qat, or a PQD order (pqd = prune -> QAT -> KD; others: ablation)")
+    q.add_argument("--sparsity", type=float, default=0.5, help="PQD unstructured sparsity target, in [0,1)")
+    q.add_argument("--pqd-epochs", type=int, default=10, help="PQD epochs shared by P/Q/D per --split")
+    q.add_argument("--split", default="20/40/40", help="PQD epoch split P/Q/D in percent (default 20/40/40)")
+    p.add_argument("--plan", default=None, help="a plan as JSON text or a JSON file (list of steps); overrides "
+                   "the preset")
+    p.add_argument("--no-deploy", action="store_true", help="skip the CPU latency / size measurements")
     p.add_argument("--name", default=None, help="output folder name under OUT/compress (default: derived)")
     a = p.parse_args(argv)
     if a.teacher_epochs is not None:
@@ -69,10 +88,19 @@ def main(argv=None):
     t = ctx.teacher_record
     print(f"[teacher] val top-1 {t['val_top1']:.2f}%  test top-1 {t['test_top1']:.2f}%  GMACs {t['gmacs']:.4f}",
           flush=True)
-    model, record = run_plan(plan, ctx)
+    model, record = run_plan(plan, ctx, deploy=not a.no_deploy)
     save_result(model, record, folder)
-    print(f"student: val top-1 {record['val_top1']:.2f}%  test top-1 {record['test_top1']:.2f}%  "
-          f"params {record['params'] / 1e6:.3f}M  GMACs {record['gmacs']:.4f}  -> {folder}")
+    print(f"student{' (INT8)' if record['int8'] else ''}: val top-1 {record['val_top1']:.2f}%  "
+          f"test top-1 {record['test_top1']:.2f}%  params {record['params'] / 1e6:.3f}M  GMACs {record['gmacs']:.4f}"
+          f"  sparsity {record['sparsity']:.2f}  -> {folder}")
+    if "deploy" in record:
+        d = record["deploy"]
+        for key in ("fp32_eager", "fp32_compiled", "int8"):
+            if key in d:
+                print(f"  {key:<14} batch-1 {d[key]['bs1_ms']:.2f} ms   batch-64 {d[key]['bs64_images_per_s']:.0f} img/s"
+                      f"   ({d[key]['backend']}, {d['threads']} threads)")
+        print(f"  checkpoint {d['size_bytes'] / 1e6:.2f} MB" + (f", sparse {d['sparse_size_bytes'] / 1e6:.2f} MB"
+                                                              if d.get("sparse_size_bytes") else ""))
     return 0
 
 
