@@ -38,7 +38,7 @@ def main(argv=None):
             label = {1: "block-KD", 3: "planes-KD", 5: "inner-slice (mid-KD)"}.get(r["index"], f"step {r['index']}")
             print(f"{label:<22}{r['val_top1']:>9.2f}%{r['test_top1']:>10.2f}%"
                   f"{r['params_count'] / 1e6:>9.3f}M{r['gmacs']:>9.4f}")
-    print(f"\nstudent written to {folder} (model.pt + keep_cfg.json + record.json)")
+    print(f"\nstudent written to {folder} (model.pt + model.pt2 + keep_cfg.json + record.json)")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from m2mdc.pipeline import Context, load_result, m2mdc_plan, run_plan, save_resu
 from m2mdc.teacher import TeacherRecipe, get_teacher
 from m2mdc.train import evaluate
 from m2mdc.data import Loader
+
+TABLE = Path(__file__).resolve().parents[1] / "analysis" / "compress_table.py"
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +69,16 @@ def test_end_to_end_plan_and_reload(ctx, tmp_path):
     val = Loader(ctx.ds.val, 512)
     assert evaluate(again, val) == rec["val_top1"]
     assert json.loads((folder / "record.json").read_text())["gmacs"] == rec["gmacs"]
+    table = subprocess.run([sys.executable, str(TABLE), str(folder)], capture_output=True,
+                           text=True, timeout=120)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.strip().splitlines()
+    assert [ln.split("|")[2].strip() for ln in lines[2:]] == ["teacher", "block-KD", "planes-KD",
+                                                             "inner-slice (mid-KD)"]
+    assert f"{rec['test_top1']:.2f}%" in lines[-1] and f"{rec['gmacs']:.4f}" in lines[-1]
+    bad = subprocess.run([sys.executable, str(TABLE), str(tmp_path / "none")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_explicit_keep_blocks_plan(ctx):
