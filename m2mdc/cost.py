@@ -224,42 +224,12 @@ class CostModel:
 
     # ---- keep_cfg API ----------------------------------------------------------------------
     def resolve(self, keep_cfg: dict | None) -> tuple[frozenset[str], dict[str, int]]:
-        """(kept block names, knob widths) of a keep_cfg; UserError if it is invalid for the
-        architecture (the checks of ``Adapter.validate_keep_cfg``, without building a model)."""
-        cfg = normalize_keep_cfg(keep_cfg)
-        kept = set(self.blocks)
-        for stage, idxs in cfg["blocks"].items():
-            if stage not in self.stage_blocks:
-                raise UserError(f"keep_cfg names stage {stage!r}, which {self.arch} does not have "
-                                f"(stages: {', '.join(self.stage_blocks)})")
-            if not idxs:
-                raise UserError(f"keep_cfg empties stage {stage!r}; every stage must keep at least one block")
-            names = self.stage_blocks[stage]
-            chosen = set()
-            for i in idxs:
-                b = self._block_of_index.get((stage, i))
-                if b is None:
-                    valid = [self.adapter.block_index(n) for n in names]
-                    raise UserError(f"keep_cfg names missing block {self.adapter.block_name(stage, i)} in "
-                                    f"{self.arch}; {stage} has indices {valid}")
-                chosen.add(b)
-            for b in names:
-                if b not in chosen:
-                    if b in self.protected:
-                        raise UserError(f"keep_cfg removes protected block {b}; protected blocks of "
-                                        f"{self.arch}: {', '.join(sorted(self.protected, key=self.blocks.index))}")
-                    kept.discard(b)
-        widths = {}
-        for kind in ("planes", "mid"):
-            for owner, w in cfg[kind].items():
-                k = f"{kind}:{owner}"
-                if k not in self.knobs:
-                    raise UserError(f"keep_cfg {kind} names {owner!r}, which is not a {kind} group of {self.arch}")
-                if not 1 <= w <= self.full_knob_widths[k]:
-                    raise UserError(f"keep_cfg {kind}[{owner!r}]={w} must be in [1, {self.full_knob_widths[k]}]")
-                if kind == "mid" and owner not in kept:
-                    raise UserError(f"keep_cfg sets mid width of {owner}, which the keep_cfg removes")
-                widths[k] = w
+        """(kept block names, knob widths) of a keep_cfg; UserError if ``Adapter.validate_keep_cfg``
+        rejects it."""
+        cfg = self.adapter.validate_keep_cfg(keep_cfg, self.num_classes)
+        kept = {b for b in self.blocks if self.adapter.stage_of(b) not in cfg["blocks"]
+                or self.adapter.block_index(b) in cfg["blocks"][self.adapter.stage_of(b)]}
+        widths = {f"{kind}:{owner}": w for kind in ("planes", "mid") for owner, w in cfg[kind].items()}
         return frozenset(kept), widths
 
     def keep_cfg(self, kept: frozenset[str] | set[str], widths: dict[str, int]) -> dict:

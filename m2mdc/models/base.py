@@ -51,6 +51,7 @@ class Adapter:
     def __init__(self, arch: str, factory: Callable[..., nn.Module]):
         self.arch = arch
         self._factory = factory
+        self._full: dict[int, tuple] = {}
 
     # ---- construction -------------------------------------------------------------
     def base_model(self, num_classes: int) -> nn.Module:
@@ -145,9 +146,10 @@ class Adapter:
     def validate_keep_cfg(self, keep_cfg: dict, num_classes: int) -> dict:
         """Normalise and check a keep_cfg against the full architecture; UserError if invalid."""
         cfg = normalize_keep_cfg(keep_cfg)
-        full = self.base_model(num_classes)
-        by_stage = self.blocks_by_stage(full)
-        widths = self.group_widths(full)
+        if num_classes not in self._full:  # the full structure, built once: validation is then cheap
+            full = self.base_model(num_classes)
+            self._full[num_classes] = (full, self.blocks_by_stage(full), self.group_widths(full))
+        full, by_stage, widths = self._full[num_classes]
         for stage, idxs in cfg["blocks"].items():
             if stage not in by_stage:
                 raise UserError(f"keep_cfg names stage {stage!r}, which {self.arch} does not have "
