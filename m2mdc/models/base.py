@@ -18,6 +18,7 @@ tagged with it, which is what keeps residual additions shape-correct.
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from typing import Callable
 
@@ -42,7 +43,7 @@ def normalize_keep_cfg(keep_cfg: dict | None) -> dict:
     return cfg
 
 
-class Adapter:
+class Adapter(ABC):
     """Architecture knowledge for one family. Subclasses implement the hooks marked below."""
 
     arch: str
@@ -59,37 +60,45 @@ class Adapter:
         return self._factory(num_classes=num_classes)
 
     # ---- hook 1: blocks ---------------------------------------------------------------
+    @abstractmethod
     def blocks(self, model: nn.Module) -> "OrderedDict[str, nn.Module]":
         """All removable-or-protected residual blocks, in forward order."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        ...
 
     # ---- hook 2: stages ---------------------------------------------------------------
+    @abstractmethod
     def stage_of(self, block_name: str) -> str:
-        raise NotImplementedError  # pragma: no cover - abstract
+        ...
 
+    @abstractmethod
     def block_index(self, block_name: str) -> int:
         """Original index of the block inside its stage."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        ...
 
+    @abstractmethod
     def block_name(self, stage: str, index: int) -> str:
-        raise NotImplementedError  # pragma: no cover - abstract
+        ...
 
     # ---- hook 3: protection -------------------------------------------------------------
+    @abstractmethod
     def is_protected(self, model: nn.Module, block_name: str) -> bool:
-        raise NotImplementedError  # pragma: no cover - abstract
+        ...
 
     # ---- hook 4: rebuild ----------------------------------------------------------------
+    @abstractmethod
     def drop_blocks(self, model: nn.Module, keep_blocks: dict[str, list[int]]) -> None:
         """Remove from ``model`` (in place) every block not listed in keep_blocks."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        ...
 
+    @abstractmethod
     def channel_groups(self, model: nn.Module) -> "OrderedDict[str, tuple[str | None, str | None]]":
         """{module name: (out_group, in_group)} for every sliceable conv/bn/linear."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        ...
 
+    @abstractmethod
     def check_invariants(self, model: nn.Module) -> None:
         """Raise ValueError naming the block whose residual shapes disagree."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        ...
 
     head_name: str  # the final Linear: its input is the penultimate feature vector phi
 
