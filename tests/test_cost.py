@@ -9,6 +9,8 @@ from m2mdc.cost import CostModel
 from m2mdc.errors import UserError
 from m2mdc.models import get_adapter
 
+from .test_models import BAD_KEEP_CFGS
+
 ARCHS = ["resnet18", "resnet34", "resnet50", "mobilenet_v2"]
 NC = 10
 _COST = {}
@@ -94,16 +96,9 @@ def test_incremental_prices_agree_with_full_sums():
     assert cm.macs(cm.keep_cfg(kept, widths)) == base
 
 
-@pytest.mark.parametrize("cfg,msg", [
-    ({"blocks": {"layer3": [0, 7]}}, "missing block"),
-    ({"blocks": {"layer2": [1]}}, "protected"),
-    ({"blocks": {"layer1": []}}, "empties"),
-    ({"blocks": {"layer9": [0]}}, "stage"),
-    ({"planes": {"layer1": 0}}, "must be in"),
+@pytest.mark.parametrize("cfg,msg", BAD_KEEP_CFGS + [
     ({"planes": {"layer1": 65}}, "must be in"),
-    ({"mid": {"layer1.5": 4}}, "not a mid group"),
     ({"blocks": {"layer1": [0]}, "mid": {"layer1.1": 4}}, "removes"),
-    ({"widths": {}}, "unknown key"),
 ])
 def test_bad_keep_cfg_is_a_user_error(cfg, msg):
     with pytest.raises(UserError, match=msg):

@@ -134,7 +134,8 @@ def test_head_sized_to_classes():
         assert m.get_submodule(get_adapter(arch).head_name).out_features == 10
 
 
-@pytest.mark.parametrize("cfg,msg", [
+# invalid resnet18 keep_cfgs and the words their error must contain (also used by test_cost)
+BAD_KEEP_CFGS = [
     ({"blocks": {"layer3": [0, 7]}}, "missing block"),
     ({"blocks": {"layer2": [1]}}, "protected"),
     ({"blocks": {"layer1": []}}, "empties"),
@@ -142,7 +143,10 @@ def test_head_sized_to_classes():
     ({"planes": {"layer1": 0}}, "must be in"),
     ({"mid": {"layer1.5": 4}}, "not a mid group"),
     ({"widths": {}}, "unknown key"),
-])
+]
+
+
+@pytest.mark.parametrize("cfg,msg", BAD_KEEP_CFGS)
 def test_bad_keep_cfg_is_a_user_error(cfg, msg):
     with pytest.raises(UserError, match=msg):
         get_adapter("resnet18").validate_keep_cfg(cfg, 100)
