@@ -19,7 +19,8 @@ def rows_of(record: dict) -> list[tuple]:
     t = record["teacher"]
     out = [("teacher", t["val_top1"], t["test_top1"], t["params"], t["gmacs"], None)]
     last_edit, elapsed = None, 0.0
-    for r in record["steps"]:
+    prior = record.get("init_from", {}).get("steps", [])  # a run continued from a saved result (--init-from)
+    for r in prior + record["steps"]:
         elapsed += r["seconds"]
         if r["step"] in STAGE_LABELS:
             last_edit = r["step"]

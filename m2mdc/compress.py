@@ -44,6 +44,23 @@ def plan_from_args(a) -> list[dict]:
     return m2mdc_plan(None if keep_blocks else a.prune_ratio, a.planes_keep, a.mid_keep, keep_blocks, a.signal, **kd)
 
 
+def _load_init(folder: str, arch: str, ds, device):
+    """(model, feature_index, record) of a saved FP32 result that this run may continue."""
+    from .pipeline import load_result
+
+    model, meta = load_result(Path(folder), device)
+    try:
+        record = json.loads((Path(folder) / "record.json").read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{folder}/record.json is missing or not JSON; --init-from needs a full result folder") from None
+    if meta.get("int8"):
+        raise UserError(f"--init-from {folder} is an INT8 model; only FP32 results can be trained further")
+    if (record["arch"], record["dataset"], record["resolution"]) != (arch, ds.name, ds.resolution):
+        raise UserError(f"--init-from {folder} is {record['arch']} on {record['dataset']} @{record['resolution']}, "
+                        f"not {arch} on {ds.name} @{ds.resolution}; pass the matching --arch/--dataset")
+    return model, record.get("feature_index"), record
+
+
 @cli
 def main(argv=None):
     p = Parser(prog="python -m m2mdc.compress", description=__doc__.split("\n\n")[0])
@@ -71,6 +88,9 @@ def main(argv=None):
     q.add_argument("--split", default="20/40/40", help="PQD epoch split P/Q/D in percent (default 20/40/40)")
     p.add_argument("--plan", default=None, help="a plan as JSON text or a JSON file (list of steps); overrides "
                    "the preset")
+    p.add_argument("--init-from", default=None, metavar="RESULT_DIR",
+                   help="start the plan from a saved FP32 student (a folder written by this command) instead "
+                   "of the teacher, e.g. to add QAT to an M2M-DC result; same arch, dataset and teacher")
     p.add_argument("--no-deploy", action="store_true", help="skip the CPU latency / size measurements")
     p.add_argument("--name", default=None, help="output folder name under OUT/compress (default: derived)")
     a = p.parse_args(argv)
@@ -84,11 +104,23 @@ def main(argv=None):
     name = a.name or f"{a.arch}-{ds.name}-{stable_hash({'plan': plan, 'recipe': repr(recipe)}, 8)}"
     folder = ensure_writable(out_root(a.out_dir) / "compress") / name
     print(f"{ds.describe()}; device {device}; plan: " + " -> ".join(s["step"] for s in plan), file=sys.stderr)
+    init = _load_init(a.init_from, a.arch, ds, device) if a.init_from else None
+    if init:  # same teacher, compared by its cache folder name (a hash of arch, data, split and recipe)
+        from .teacher import cache_dir
+
+        want, had = cache_dir(a.arch, ds, recipe, a.out_dir).name, Path(init[2]["teacher"].get("path") or "?").name
+        if want != had:
+            raise UserError(f"--init-from {a.init_from} was distilled from teacher {had}, not {want}; "
+                            f"pass the same teacher recipe (--epochs, --seed, --weights, --split-seed)")
     ctx = prepare_context(a.arch, ds, recipe, device, a.out_dir)
     t = ctx.teacher_record
     print(f"[teacher] val top-1 {t['val_top1']:.2f}%  test top-1 {t['test_top1']:.2f}%  GMACs {t['gmacs']:.4f}",
           flush=True)
-    model, record = run_plan(plan, ctx, deploy=not a.no_deploy)
+    model, record = run_plan(plan, ctx, deploy=not a.no_deploy, init=init and init[:2])
+    if init:
+        prior = init[2]
+        record["init_from"] = {"folder": str(a.init_from), "plan": prior["plan"], "steps": prior["steps"],
+                               "seconds": prior.get("seconds")}
     save_result(model, record, folder)
     print(f"student{' (INT8)' if record['int8'] else ''}: val top-1 {record['val_top1']:.2f}%  "
           f"test top-1 {record['test_top1']:.2f}%  params {record['params'] / 1e6:.3f}M  GMACs {record['gmacs']:.4f}"

@@ -351,8 +351,10 @@ def describe(model: nn.Module, adapter: Adapter, resolution: int) -> dict:
 
 
 def run_plan(plan: list[dict], ctx: Context, on_epoch: StepHook | None = None, quiet: bool = False,
-             eval_test: bool = True, deploy: bool = False) -> tuple[nn.Module, dict]:
-    """Run ``plan`` on a copy of ctx.teacher. ``on_epoch(row)`` sees every training epoch (row has
+             eval_test: bool = True, deploy: bool = False, init: tuple[nn.Module, list | None] | None = None
+             ) -> tuple[nn.Module, dict]:
+    """Run ``plan`` on a copy of ctx.teacher, or on ``init`` = (an FP32 student of ctx.arch, the
+    teacher phi channels its phi matches or None) to continue from a saved result. ``on_epoch(row)`` sees every training epoch (row has
     'step_index', 'step' and 'gmacs' added) and may return True to stop the whole plan early.
 
     A plan with a qat step ends with the INT8 conversion; the returned model is then the INT8
@@ -364,7 +366,12 @@ def run_plan(plan: list[dict], ctx: Context, on_epoch: StepHook | None = None, q
     res = ctx.ds.resolution
     val_loader = Loader(ctx.ds.val, 512, ctx.device, resolution=res)
     test_loader = Loader(ctx.ds.test, 512, ctx.device, resolution=res)
-    state = State(copy.deepcopy(ctx.teacher).to(ctx.device))
+    if init is None:
+        state = State(copy.deepcopy(ctx.teacher).to(ctx.device))
+    else:
+        model0, feature_index = init
+        state = State(copy.deepcopy(model0).to(ctx.device),
+                      torch.as_tensor(feature_index) if feature_index is not None else None)
     shape = describe(state.model, adapter, res)  # structure of the FP32 architecture: fixed once qat starts
     rows: list[dict[str, Any]] = []
     stopped = False

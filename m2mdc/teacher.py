@@ -153,6 +153,7 @@ def get_teacher(arch: str, ds: Dataset, recipe: TeacherRecipe, device: torch.dev
 
         record = json.loads((folder / "record.json").read_text())
         record["cache_hit"] = True
+        record["path"] = str(folder)
         return model.to(device).eval(), record
     ensure_writable(folder.parent)
     model, train_info = train_teacher(arch, ds, recipe, device, quiet)
