@@ -108,8 +108,16 @@ def main(argv=None):
     if init:  # same teacher, compared by its cache folder name (a hash of arch, data, split and recipe)
         from .teacher import cache_dir
 
-        want, had = cache_dir(a.arch, ds, recipe, a.out_dir).name, Path(init[2]["teacher"].get("path") or "?").name
-        if want != had:
+        folder_t = cache_dir(a.arch, ds, recipe, a.out_dir)
+        prior_t = init[2]["teacher"]
+        if prior_t.get("path"):
+            same, had = Path(prior_t["path"]).name == folder_t.name, Path(prior_t["path"]).name
+        else:  # records written before teacher paths were kept: compare the teacher's measured numbers
+            cached = json.loads((folder_t / "record.json").read_text()) if (folder_t / "record.json").exists() else {}
+            keys = ("val_top1", "test_top1", "params")
+            same, had = all(cached.get(k) == prior_t.get(k) for k in keys), f"with val top-1 {prior_t.get('val_top1')}"
+        want = folder_t.name
+        if not same:
             raise UserError(f"--init-from {a.init_from} was distilled from teacher {had}, not {want}; "
                             f"pass the same teacher recipe (--epochs, --seed, --weights, --split-seed)")
     ctx = prepare_context(a.arch, ds, recipe, device, a.out_dir)

@@ -138,8 +138,9 @@ class Loader:
 
     def __init__(self, split: Split, batch_size: int, device: torch.device | str = "cpu", shuffle: bool = False,
                  flip: bool = False, crop: bool = False, resolution: int = 32, seed: int = 0,
-                 drop_last: bool = False, limit: int | None = None):
+                 drop_last: bool = False, limit: int | None = None, max_batches: int | None = None):
         self.split = split
+        self.max_batches = max_batches  # an epoch of at most this many batches, a fresh random subset each epoch
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.shuffle, self.flip, self.crop = shuffle, flip, crop
@@ -156,7 +157,8 @@ class Loader:
 
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.batch_size)
-        return full if (self.drop_last or rest == 0) else full + 1
+        n = full if (self.drop_last or rest == 0) else full + 1
+        return n if self.max_batches is None else min(n, self.max_batches)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -49,9 +49,12 @@ class KDConfig:
     temperature: float = 4.0
     crop: bool = False  # random crop on top of flip; forces the teacher to run live
     seed: int = 0
+    steps_per_epoch: int | None = None  # None: full passes; N: each epoch is N random batches (quick searches)
 
     def __post_init__(self) -> None:
         check_range("epochs", self.epochs, 1, math.inf)
+        if self.steps_per_epoch is not None:
+            check_range("steps_per_epoch", self.steps_per_epoch, 1, math.inf)
         check_range("batch_size", self.batch_size, 1, math.inf)
         check_range("lr", self.lr, 0, math.inf, lo_open=True)
         check_range("alpha", self.alpha, 0, math.inf)
@@ -331,7 +334,7 @@ def distill(student: nn.Module, teacher: nn.Module, adapter: Adapter, train_spli
 
     torch.manual_seed(cfg.seed)
     loader = Loader(train_split, cfg.batch_size, device, shuffle=True, flip=True, crop=cfg.crop,
-                    resolution=resolution, seed=cfg.seed, drop_last=True)
+                    resolution=resolution, seed=cfg.seed, drop_last=True, max_batches=cfg.steps_per_epoch)
     if len(loader) == 0:
         raise UserError(f"the training split has {len(train_split)} images, fewer than one batch of {cfg.batch_size}")
     val_loader = Loader(val_split, 512, device, resolution=resolution)

@@ -154,12 +154,12 @@ def _step_kd(ctx: Context, state: State, hook: StepHook | None = None, log_prefi
 
 
 def _step_train(ctx: Context, state: State, epochs=1, lr=1e-4, clip=1.0, batch_size=128, seed=0, hook=None,
-                log_prefix="train", quiet=False, **_):
+                log_prefix="train", quiet=False, steps_per_epoch=None, **_):
     """Plain cross-entropy fine-tuning (Adam), e.g. PQD's repair after pruning or QAT without KD."""
     from .train import EpochLog, train_epoch_ce
 
     loader = Loader(ctx.ds.train, batch_size, ctx.device, shuffle=True, flip=True, resolution=ctx.ds.resolution,
-                    seed=seed, drop_last=True)
+                    seed=seed, drop_last=True, max_batches=steps_per_epoch)
     val_loader = Loader(ctx.ds.val, 512, ctx.device, resolution=ctx.ds.resolution)
     opt = torch.optim.Adam([p for p in state.model.parameters() if p.requires_grad], lr=lr)
     log = EpochLog(log_prefix, quiet)
@@ -212,7 +212,8 @@ STEPS: dict[str, Step] = {
     "planes": Step("planes", _step_planes, {"keep": 0.5, **_SLICE_DEFAULTS}, structural=True),
     "mid": Step("mid", _step_mid, {"keep": 0.5, **_SLICE_DEFAULTS}, structural=True),
     "widths": Step("widths", _step_widths, {"keep_cfg": None, **_SLICE_DEFAULTS}, structural=True),
-    "train": Step("train", _step_train, {"epochs": 1, "lr": 1e-4, "clip": 1.0, "batch_size": 128, "seed": 0}),
+    "train": Step("train", _step_train, {"epochs": 1, "lr": 1e-4, "clip": 1.0, "batch_size": 128, "seed": 0,
+                                         "steps_per_epoch": None}),
     "sparsity": Step("sparsity", _step_sparsity, {"target": 0.5}),
     "qat": Step("qat", _step_qat, {"calib_batches": 10}),
 }

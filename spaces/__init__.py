@@ -1,0 +1,221 @@
+"""Search spaces: YAML files that say which knobs of the compression pipeline a search samples.
+
+A space file names an architecture, a mode and its parameters; every parameter is either fixed
+(a scalar), a float range (``{low, high}``, ``log: true`` for log-uniform) or a set of choices
+(``{choices: [...]}``). ``load_space`` validates everything against the architecture before any
+search starts, so a bad file is one clear error, not a failed trial.
+
+Modes:
+
+* ``fractions`` (M2M-DC knobs): ``prune_ratio``, ``planes_keep`` (one fraction, or one per stage
+  with ``per_stage: true``), ``mid_keep``, ``order`` of the three structural edits (``b`` blocks,
+  ``p`` planes, ``m`` mid, e.g. ``bpm`` = the paper's order). Configurations over budget are
+  projected onto it (all width fractions scaled down together) before training.
+* ``allocator``: ``depth_share`` only; the information-guided allocator (m2mdc.allocate) spends
+  the budget on blocks and widths.
+
+Both modes: ``signal`` (channel ranking), ``alpha``/``beta`` (KD ramp targets), ``kd_lr``,
+``kl_weight``, ``qat`` (INT8 QAT on/off), ``sparsity`` (unstructured, 0 = off) and ``tail_order``
+(``sq`` = sparsity before QAT, ``qs`` = after) for the non-structural stages.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from m2mdc.errors import UserError
+from m2mdc.slicing import SIGNALS
+
+SPACES_DIR = Path(__file__).resolve().parent
+ORDERS = ("bpm", "bmp", "pbm", "pmb", "mbp", "mpb")
+TAIL_ORDERS = ("sq", "qs")
+MODES = ("fractions", "allocator")
+
+# name -> (kind, lo, hi, lo_open, hi_open) for floats, or (kind, allowed choices)
+_FLOAT = "float"
+_CHOICE = "choice"
+PARAMS: dict[str, tuple] = {
+    "prune_ratio": (_FLOAT, 0.0, 1.0, False, True),
+    "planes_keep": (_FLOAT, 0.0, 1.0, True, False),
+    "mid_keep": (_FLOAT, 0.0, 1.0, True, False),
+    "depth_share": (_FLOAT, 0.0, 1.0, False, False),
+    "alpha": (_FLOAT, 0.0, math.inf, False, True),
+    "beta": (_FLOAT, 0.0, math.inf, False, True),
+    "kd_lr": (_FLOAT, 0.0, math.inf, True, True),
+    "kl_weight": (_FLOAT, 0.0, math.inf, False, True),
+    "sparsity": (_FLOAT, 0.0, 1.0, False, True),
+    "signal": (_CHOICE, SIGNALS),
+    "order": (_CHOICE, ORDERS),
+    "tail_order": (_CHOICE, TAIL_ORDERS),
+    "qat": (_CHOICE, (False, True)),
+}
+MODE_ONLY = {"fractions": ("prune_ratio", "planes_keep", "mid_keep", "order"), "allocator": ("depth_share",)}
+DEFAULTS = {"prune_ratio": 0.5, "planes_keep": 0.5, "mid_keep": 0.5, "depth_share": 0.5, "alpha": 0.1,
+            "beta": 0.1, "kd_lr": 1e-4, "kl_weight": 0.0, "sparsity": 0.0, "signal": "bn", "order": "bpm",
+            "tail_order": "sq", "qat": False}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    fixed: Any = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple | None = None
+
+    @property
+    def sampled(self) -> bool:
+        return self.low is not None or self.choices is not None
+
+    def to_tune(self):
+        from ray import tune
+
+        if self.choices is not None:
+            return tune.choice(list(self.choices))
+        if self.low is not None:
+            return tune.loguniform(self.low, self.high) if self.log else tune.uniform(self.low, self.high)
+        return self.fixed
+
+
+@dataclass(frozen=True)
+class Space:
+    """A validated search space; ``params`` maps a flat name (``planes_keep/layer1`` for per-stage
+    knobs) to its Param; every known knob is present (unlisted ones fixed at their defaults)."""
+
+    arch: str
+    mode: str
+    params: dict[str, Param]
+    source: str  # the file it came from (or "<dict>")
+    text: str  # canonical JSON of the validated content: what resume compares
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()[:12]
+
+    def param_space(self) -> dict:
+        """The nested Ray Tune param_space (per-stage knobs nest as {"planes_keep": {stage: ...}})."""
+        out: dict = {}
+        for name, p in self.params.items():
+            head, _, tail = name.partition("/")
+            if tail:
+                out.setdefault(head, {})[tail] = p.to_tune()
+            else:
+                out[name] = p.to_tune()
+        return out
+
+    def sampled_names(self) -> list[str]:
+        return [n for n, p in self.params.items() if p.sampled]
+
+
+def space_path(name_or_path: str) -> Path:
+    """A path, or the name of a bundled space (``resnet18`` -> spaces/resnet18.yaml)."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return SPACES_DIR / f"{name_or_path}.yaml"
+
+
+def load_space(name_or_path: str, arch: str | None = None) -> Space:
+    """Read and validate a space file; UserError names the file and the offending entry."""
+    import yaml
+
+    path = space_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError:
+        bundled = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+        raise UserError(f"search space {name_or_path!r} not found (no file {path}); bundled spaces: {bundled}") from None
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"search space {path} is not valid YAML ({first})") from None
+    return parse_space(raw, str(path), arch)
+
+
+def parse_space(raw: Any, source: str = "<dict>", arch: str | None = None) -> Space:
+    from m2mdc.models import ARCHS, get_adapter
+
+    where = f"search space {source}"
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} must be a mapping with 'arch', 'mode' and 'params'")
+    unknown_top = sorted(set(raw) - {"arch", "mode", "params", "description"})
+    if unknown_top:
+        raise UserError(f"{where} has unknown top-level key(s) {unknown_top}; use arch, mode, params, description")
+    space_arch = raw.get("arch")
+    if space_arch not in ARCHS:
+        raise UserError(f"{where}: arch {space_arch!r} is not one of {', '.join(ARCHS)}")
+    if arch is not None and arch != space_arch:
+        raise UserError(f"{where} is for {space_arch}, not --arch {arch}; pass a space for {arch}")
+    mode = raw.get("mode", "fractions")
+    if mode not in MODES:
+        raise UserError(f"{where}: mode {mode!r} is not one of {', '.join(MODES)}")
+    entries = raw.get("params") or {}
+    if not isinstance(entries, dict):
+        raise UserError(f"{where}: params must be a mapping of knob name to a value, a range or choices")
+    allowed = [n for n in PARAMS if n not in MODE_ONLY[{"fractions": "allocator", "allocator": "fractions"}[mode]]]
+    bad = sorted(set(entries) - set(allowed))
+    if bad:
+        raise UserError(f"{where}: unknown or, in mode {mode}, unusable parameter(s) {bad}; allowed: {', '.join(allowed)}")
+    adapter = get_adapter(space_arch)
+    stages = adapter.stages(adapter.base_model(10))
+    params: dict[str, Param] = {}
+    for name in allowed:
+        spec = entries.get(name, DEFAULTS[name])
+        if name == "planes_keep" and isinstance(spec, dict) and spec.get("per_stage"):
+            rest = {k: v for k, v in spec.items() if k != "per_stage"}
+            for stage in stages:
+                params[f"planes_keep/{stage}"] = _param(f"planes_keep/{stage}", PARAMS[name], rest, where)
+        else:
+            params[name] = _param(name, PARAMS[name], spec, where)
+    canon = json.dumps({"arch": space_arch, "mode": mode,
+                        "params": {n: {k: v for k, v in vars(p).items() if v is not None and k != "name"}
+                                   for n, p in params.items()}}, sort_keys=True, default=list)
+    return Space(space_arch, mode, params, source, canon)
+
+
+def _param(name: str, rule: tuple, spec: Any, where: str) -> Param:
+    kind = rule[0]
+    at = f"{where}: {name}"
+    if isinstance(spec, dict):
+        keys = set(spec)
+        if keys == {"choices"}:
+            choices = spec["choices"]
+            if not isinstance(choices, list) or not choices:
+                raise UserError(f"{at}: choices must be a non-empty list")
+            if len(set(map(repr, choices))) != len(choices):
+                raise UserError(f"{at}: choices {choices} repeat a value")
+            for c in choices:
+                _check_value(at, rule, c)
+            return Param(name, choices=tuple(choices))
+        if keys <= {"low", "high", "log"} and {"low", "high"} <= keys:
+            if kind != _FLOAT:
+                raise UserError(f"{at} is categorical; give choices: [...] or a single value, not a range")
+            lo, hi, log = spec["low"], spec["high"], bool(spec.get("log", False))
+            for v in (lo, hi):
+                _check_value(at, rule, v)
+            if not float(lo) < float(hi):
+                raise UserError(f"{at}: low {lo} must be below high {hi} (a fixed value is written without a range)")
+            if log and float(lo) <= 0:
+                raise UserError(f"{at}: a log range needs low > 0, got {lo}")
+            return Param(name, low=float(lo), high=float(hi), log=log)
+        raise UserError(f"{at} must be a value, {{low, high[, log]}} or {{choices: [...]}}; got keys {sorted(keys)}")
+    _check_value(at, rule, spec)
+    return Param(name, fixed=spec)
+
+
+def _check_value(at: str, rule: tuple, v: Any) -> None:
+    if rule[0] == _CHOICE:
+        if v not in rule[1] or (isinstance(v, bool) != isinstance(rule[1][0], bool)):
+            raise UserError(f"{at}: {v!r} is not one of {', '.join(map(str, rule[1]))}")
+        return
+    _, lo, hi, lo_open, hi_open = rule
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+        raise UserError(f"{at}: {v!r} is not a finite number")
+    x = float(v)
+    if x < lo or x > hi or (lo_open and x == lo) or (hi_open and x == hi):
+        interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise UserError(f"{at}: {v} is outside {interval}")

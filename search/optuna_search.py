@@ -1,0 +1,64 @@
+"""Ray's OptunaSearch, made safe for a Pareto search with early stopping.
+
+Ray's searcher tells Optuna COMPLETE whenever the last result holds the objectives, so a trial
+ASHA stopped after two epochs, or one that crashed after reporting, would enter the study as a
+finished trial with half-trained values. Here only a trial whose last report says
+``final: True`` is COMPLETE; a stopped one is PRUNED and a crashed one FAIL, with no values.
+Each finished trial also carries a ``constraint`` user attribute (GMACs - budget; > 0 only for a
+configuration that could not be fitted to the budget), which the TPE / NSGA-II samplers read
+through ``constraints_func`` so they learn where the budget makes configurations infeasible.
+"""
+from __future__ import annotations
+
+import logging
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+logger = logging.getLogger(__name__)
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
+def constraint_of(frozen_trial) -> tuple[float, ...]:
+    return tuple(frozen_trial.user_attrs.get("constraint", (0.0,)))
+
+
+def make_sampler(name: str, seed: int, n_startup: int = 4):
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, constraints_func=constraint_of,
+                                          multivariate=True, group=True)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup),
+                                             constraints_func=constraint_of)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+class ParetoSafeOptunaSearch(OptunaSearch):
+    def __init__(self, *args, budget_gmacs: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.budget_gmacs = budget_gmacs
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials:
+            return
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return
+        final = bool(result) and bool(result.get("final")) and not error
+        ot_trial.set_user_attr("ray_trial_id", trial_id)
+        if final:
+            state = optuna.trial.TrialState.COMPLETE
+            values = [float(result.get(m, 0.0)) for m in self.metric]  # infeasible rows carry no latency
+            ot_trial.set_user_attr("constraint", [0.0 if result.get("feasible", True)
+                                                  else float(result["sampled_gmacs"]) - self.budget_gmacs])
+            ot_trial.set_user_attr("feasible", bool(result.get("feasible", True)))
+        else:
+            state = optuna.trial.TrialState.FAIL if error else optuna.trial.TrialState.PRUNED
+            values = None
+        try:
+            self._ot_study.tell(ot_trial, values, state=state)
+        except Exception as exc:  # noqa: BLE001 - e.g. a trial Optuna already closed; never stop the search
+            logger.warning("optuna could not record trial %s: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)

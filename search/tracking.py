@@ -1,0 +1,199 @@
+"""MLflow records of a search: one parent run per search, one nested run per trial.
+
+All writes happen in the driver (a Ray Tune callback), so a SQLite store never sees concurrent
+writers. A trial's run is found again by its ``trial_id`` tag, so a resumed search continues
+the runs it had instead of duplicating them. Status tags: completed, stopped_early, failed,
+infeasible; ``pareto`` = true / false once the search ends.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ray.tune import Callback
+
+from m2mdc.errors import UserError
+
+STATUS_MLFLOW = {"completed": "FINISHED", "infeasible": "FINISHED", "stopped_early": "KILLED", "failed": "FAILED"}
+
+
+def default_uri(out_root: Path) -> str:
+    return f"sqlite:///{(Path(out_root) / 'mlflow.db').resolve()}"
+
+
+def check_reachable(uri: str) -> None:
+    """UserError (one line) unless the tracking store at ``uri`` can be used; writes nothing."""
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except Exception as e:  # noqa: BLE001 - any failure is the same user problem
+            raise UserError(f"MLflow tracking server {uri} is unreachable ({type(e).__name__}); start it "
+                            f"(mlflow server --host 127.0.0.1) or pass another --mlflow-uri") from None
+    elif scheme == "sqlite":
+        folder = Path(uri[len("sqlite:///"):]).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the MLflow store folder {folder} ({e.strerror}); pass --mlflow-uri") from None
+    elif scheme not in ("", "file"):
+        raise UserError(f"--mlflow-uri {uri!r}: use sqlite:///PATH, http(s)://HOST:PORT or a folder")
+
+
+def trial_status(result: dict | None, error: bool) -> str:
+    if error:
+        return "failed"
+    if not result or not result.get("final"):
+        return "stopped_early"
+    return "completed" if result.get("feasible", True) else "infeasible"
+
+
+def flat_config(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(flat_config(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+class SearchTracker:
+    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            location = None
+            if artifact_root is not None and urlparse(uri).scheme in ("sqlite", "", "file"):
+                location = (Path(artifact_root).resolve() / experiment).as_uri()
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = exp.experiment_id
+        self.parent_id: str | None = None
+        self.runs: dict[str, str] = {}  # ray trial id -> mlflow run id
+
+    def start_parent(self, name: str, params: dict, tags: dict, run_id: str | None = None) -> str:
+        from mlflow.entities import Param
+
+        if run_id:  # resume: the same parent, running again
+            self.client.update_run(run_id, status="RUNNING")
+            self.parent_id = run_id
+            self.refresh()
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={"role": "search", **tags})
+        self.parent_id = run.info.run_id
+        self.client.log_batch(self.parent_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        return self.parent_id
+
+    def refresh(self) -> None:
+        """Re-read trial runs from the store (a restored Ray experiment logs through its own pickled
+        callback, so the store, not this object, is the truth)."""
+        for r in self.child_runs():
+            self.runs[r.data.tags["trial_id"]] = r.info.run_id
+
+    def __getstate__(self):  # Ray pickles callbacks with the experiment: keep only what finds the runs again
+        return {"uri": self.uri, "experiment_id": self.experiment_id, "parent_id": self.parent_id}
+
+    def __setstate__(self, state):
+        from mlflow.tracking import MlflowClient
+
+        self.__dict__.update(state, runs={}, client=MlflowClient(tracking_uri=state["uri"]))
+        if self.parent_id:
+            self.refresh()
+
+    def child_runs(self):
+        return self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}'",
+                                       max_results=10000)
+
+    def run_for(self, trial) -> str:
+        from mlflow.entities import Param
+
+        tid = trial.trial_id
+        if tid not in self.runs:
+            run = self.client.create_run(self.experiment_id, run_name=str(trial),
+                                         tags={"mlflow.parentRunId": self.parent_id, "trial_id": tid,
+                                               "role": "trial", "status": "running"})
+            self.runs[tid] = run.info.run_id
+            cfg = flat_config(trial.config)
+            self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in cfg.items()])
+        return self.runs[tid]
+
+    def log_result(self, trial, result: dict) -> None:
+        from mlflow.entities import Metric
+
+        run_id = self.run_for(trial)
+        step = int(result.get("training_iteration", 0))
+        now = int(time.time() * 1000)
+        keys = ("val_top1", "gmacs", "epochs_done") if not result.get("final") else (
+            "val_top1", "test_top1", "gmacs", "params", "size_bytes", "sparsity", "latency_ms", "sampled_gmacs",
+            "width_scale", "train_seconds", "epochs_done")
+        ms = [Metric(k, float(result[k]), now, step) for k in keys if isinstance(result.get(k), (int, float))]
+        if ms:
+            self.client.log_batch(run_id, metrics=ms)
+        if result.get("final"):
+            for k in ("keep_cfg", "plan", "note"):
+                if k in result:
+                    self.client.set_tag(run_id, k, str(result[k])[:5000])
+            self.client.set_tag(run_id, "int8", str(bool(result.get("int8"))).lower())
+
+    def end_trial(self, trial, error: bool = False) -> None:
+        run_id = self.run_for(trial)
+        status = trial_status(trial.last_result, error)
+        self.client.set_tag(run_id, "status", status)
+        if error:
+            err = trial.error_file and Path(trial.error_file)
+            msg = err.read_text().strip().splitlines()[-1] if err and err.exists() else "trial raised"
+            self.client.set_tag(run_id, "error", msg[:5000])
+        self.client.set_terminated(run_id, status=STATUS_MLFLOW[status])
+
+    def finish(self, rows: list[dict], front_ids: set[str], parent_files: list[Path], metrics: dict,
+               status: str = "FINISHED") -> None:
+        """Tag every trial run pareto=true/false, log the Pareto members' models and the parent's
+        table + plot, close the parent run."""
+        from mlflow.entities import Metric
+
+        for tid, run_id in self.runs.items():
+            self.client.set_tag(run_id, "pareto", "true" if tid in front_ids else "false")
+        for r in rows:
+            if r["trial_id"] in front_ids and r.get("model_dir") and Path(r["model_dir"]).exists():
+                self.client.log_artifacts(self.runs[r["trial_id"]], str(r["model_dir"]), "model")
+        for f in parent_files:
+            self.client.log_artifact(self.parent_id, str(f))
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        self.client.set_terminated(self.parent_id, status=status)
+
+    def fail(self, status: str = "FAILED") -> None:
+        if self.parent_id:
+            self.client.set_terminated(self.parent_id, status=status)
+
+
+class TrialLogger(Callback):
+    """Ray Tune callback: every trial's config, per-epoch metrics and end state into MLflow."""
+
+    def __init__(self, tracker: SearchTracker):
+        self.tracker = tracker
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.tracker.run_for(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.tracker.log_result(trial, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.tracker.end_trial(trial, error=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.tracker.end_trial(trial, error=True)
+
+
+def write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    return path

@@ -1,0 +1,123 @@
+"""The Ray Tune trainable: one sampled configuration -> one compression plan, run end to end.
+
+Everything expensive that trials share (datasets, teacher, cached teacher outputs, MI block
+scores, channel scores for the allocator) is built once in the driver as a ``SearchSetup`` and
+handed to trials through the Ray object store (``tune.with_parameters``). A trial reports after
+every KD / training epoch (``final: False``) so ASHA can stop it, then once more with
+``final: True`` and its deployment numbers; only such final reports count as finished trials.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from m2mdc import metrics
+from m2mdc.cost import CostModel
+from m2mdc.data import Loader
+from m2mdc.pipeline import Context, run_plan, save_result
+from m2mdc.train import evaluate
+
+from .trial_plan import build_trial_plan
+
+
+@dataclass
+class SearchSetup:
+    """What the driver computes once and every trial reads."""
+
+    ctx: Context
+    budget_gmacs: float
+    mode: str  # the space's mode: fractions | allocator
+    kd: dict  # profile KD settings: epochs (T), steps_per_epoch, batch_size
+    bins: int = 10
+    probe_samples: int = 5000
+    channel_scores: dict = field(default_factory=dict)  # signal -> {group: scores} (allocator mode)
+    measure_latency: bool = False
+    threads: int = 1
+    use_gpu: bool = False
+    quiet: bool = False
+
+    def plan_for(self, config: dict):
+        ctx = self.ctx
+        return build_trial_plan(config, adapter=ctx.adapter, teacher=ctx.teacher,
+                                cost=CostModel(ctx.adapter, ctx.ds.num_classes, ctx.ds.resolution),
+                                budget_gmacs=self.budget_gmacs,
+                                block_scores=ctx.get_block_scores(self.bins, self.probe_samples), kd=self.kd,
+                                mode=self.mode, channel_scores=self.channel_scores,
+                                probe_samples=self.probe_samples, bins=self.bins)
+
+
+def _report(metrics_row: dict) -> None:
+    from ray import tune
+
+    tune.report(metrics_row)
+
+
+def run_trial(config: dict, setup: SearchSetup, report=_report, out_dir: Path | None = None) -> dict:
+    """Run one configuration; ``report`` receives every epoch row and the final row (returned).
+
+    Raises on a broken trial (e.g. a non-finite loss), which Ray records as a failed trial.
+    """
+    from m2mdc.device import pick_device
+
+    torch.set_num_threads(max(1, int(setup.threads)))
+    ctx = setup.ctx
+    device = pick_device("cuda" if setup.use_gpu else "cpu")
+    if device != ctx.device:
+        ctx.device, ctx.teacher = device, ctx.teacher.to(device)
+    tp = setup.plan_for(config)
+    base = {"sampled_gmacs": tp.sampled_gmacs, "width_scale": tp.width_scale, "feasible": tp.feasible}
+    if not tp.feasible:
+        row = {**base, "final": True, "val_top1": 0.0, "gmacs": tp.gmacs, "note": "; ".join(tp.notes)}
+        report(row)
+        return row
+    epochs_done = 0
+
+    def on_epoch(row: dict):
+        nonlocal epochs_done
+        loss = row.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss ({loss}) in plan step {row['step_index']} "
+                                     f"({row['step']}), epoch {row['epoch']}")
+        epochs_done += 1
+        report({**base, "final": False, "val_top1": row["val_top1"], "gmacs": row["gmacs"],
+                "plan_step": row["step_index"], "epochs_done": epochs_done})
+
+    t0 = time.perf_counter()
+    model, record = run_plan(tp.plan, ctx, on_epoch=on_epoch, quiet=setup.quiet, eval_test=False)
+    test_device = "cpu" if record["int8"] else ctx.device
+    record["test_top1"] = evaluate(model, Loader(ctx.ds.test, 512, test_device, resolution=ctx.ds.resolution))
+    final = {**base, "final": True, "val_top1": record["val_top1"], "test_top1": record["test_top1"],
+             "gmacs": record["gmacs"], "params": record["params"], "size_bytes": record["size_bytes"],
+             "int8": record["int8"], "sparsity": record["sparsity"], "train_seconds": time.perf_counter() - t0,
+             "epochs_done": epochs_done, "keep_cfg": json.dumps(record["keep_cfg"], sort_keys=True),
+             "plan": json.dumps([s["step"] for s in tp.plan])}
+    if setup.measure_latency:
+        final["latency_ms"] = _latency_ms(model, ctx.ds.resolution, record["int8"], setup.threads)
+    if out_dir is not None:
+        save_result(model, {**record, "search_config": config}, Path(out_dir) / "model")
+    report(final)
+    return final
+
+
+def _latency_ms(model, resolution: int, int8: bool, threads: int) -> float:
+    """Batch-1 CPU latency of what would ship: compiled FP32 or compiled INT8 (same backend family)."""
+    import copy
+
+    from m2mdc import quant
+
+    cpu_model = model if int8 else copy.deepcopy(model).cpu().eval()
+    fn, _backend = quant.compile_for_cpu(cpu_model, torch.zeros(1, 3, resolution, resolution))
+    with torch.no_grad():
+        return metrics.latency_ms(fn, resolution, batch=1, threads=threads, repeats=30)["ms"]
+
+
+def compression_trial(config: dict, setup: SearchSetup) -> None:
+    """Ray Tune function trainable (wrapped with ``tune.with_parameters(compression_trial, setup=...)``)."""
+    from ray import tune
+
+    run_trial(config, setup, out_dir=Path(tune.get_context().get_trial_dir()))
