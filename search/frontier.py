@@ -185,7 +185,7 @@ def pareto_markdown(front: list[dict]) -> str:
 def main(argv=None):
     a = build_parser().parse_args(argv)
     prof = PROFILES[a.profile]
-    check_range("--budget-gmacs", a.budget_gmacs, 0.0, math.inf, lo_open=True, hint="e.g. --budget-gmacs 0.02")
+    check_range("--budget-gmacs", a.budget_gmacs, 0.0, math.inf, lo_open=True, hi_open=True, hint="e.g. --budget-gmacs 0.02")
     if a.epochs is None and prof.teacher_epochs is not None:
         a.epochs = prof.teacher_epochs
     num_samples = a.num_samples if a.num_samples is not None else prof.num_samples

@@ -1,0 +1,201 @@
+"""End-to-end frontier searches on the embedded digits data: real Ray Tune, Optuna (SQLite) and MLflow (SQLite).
+
+One module-wide output folder, so the smoke teacher is trained once and cached.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from m2mdc import metrics
+from m2mdc.models import get_adapter
+from search.pareto import non_dominated
+
+REPO = Path(__file__).resolve().parents[1]
+LEAN = REPO / "tests" / "data" / "space-lean.yaml"
+BUDGET = 0.02
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("frontier")
+
+
+def frontier(out: Path, *args, check=True, timeout=900):
+    cmd = [sys.executable, "search/frontier.py", "--budget-gmacs", str(BUDGET), "--profile", "smoke",
+           "--dataset", "digits", "--out-dir", str(out), "--cpus-per-trial", "1", *args]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def mlflow_runs(out: Path, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000) if exp else []
+    parents = [r for r in runs if r.data.tags.get("role") == "search"]
+    children = [r for r in runs if r.data.tags.get("role") == "trial"]
+    return client, parents, children
+
+
+def optuna_trials(out: Path, name: str):
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'search' / name / 'optuna.db'}")
+    return study
+
+
+def check_search(out: Path, name: str, n_trials: int):
+    client, parents, children = mlflow_runs(out, name)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == n_trials
+    assert len({c.data.tags["trial_id"] for c in children}) == n_trials  # one run per trial, none twice
+    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    done = [c for c in children if c.data.tags["status"] == "completed"]
+    assert done, "at least one trial finishes"
+    adapter = get_adapter("resnet18")
+    for c in done:  # every finished trial is within budget, recounted with fvcore on its architecture
+        assert c.data.metrics["gmacs"] <= BUDGET
+        keep_cfg = json.loads(c.data.tags["keep_cfg"])
+        assert metrics.gmacs(adapter.rebuild(keep_cfg, 10), 32) == pytest.approx(c.data.metrics["gmacs"], abs=1e-12)
+    tagged = {c.data.tags["trial_id"] for c in children if c.data.tags.get("pareto") == "true"}
+    rows = [{"id": c.data.tags["trial_id"], **c.data.metrics} for c in done]
+    assert tagged == {r["id"] for r in non_dominated(rows, ("val_top1", "gmacs"))}
+    study = optuna_trials(out, name)
+    states = {t.user_attrs.get("ray_trial_id"): t.state for t in study.trials}
+    assert {t.user_attrs["ray_trial_id"] for t in study.best_trials} == tagged  # Optuna's own front agrees
+    by_status = {c.data.tags["trial_id"]: c.data.tags["status"] for c in children}
+    for tid, st in by_status.items():
+        want = {"completed": optuna.trial.TrialState.COMPLETE, "stopped_early": optuna.trial.TrialState.PRUNED,
+                "failed": optuna.trial.TrialState.FAIL}[st]
+        assert states[tid] == want, (tid, st)
+        if st != "completed":
+            assert tid not in tagged
+    for c in children:
+        if c.data.tags["trial_id"] in tagged:
+            assert {a.path for a in client.list_artifacts(c.info.run_id, "model")} >= {"model/keep_cfg.json",
+                                                                                         "model/model.pt2"}
+    parent_files = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"pareto.md", "frontier.png", "trials.csv"} <= parent_files
+    png = out / "search" / name / "frontier.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return children, by_status
+
+
+def test_smoke_search_end_to_end(out):
+    """The acceptance command: default ResNet-18 space (QAT and sparsity included), ASHA on."""
+    r = frontier(out, "--name", "smoke")
+    assert "Pareto set" in r.stdout
+    check_search(out, "smoke", 4)
+
+
+def test_failing_trial_is_recorded_and_the_search_goes_on(out, tmp_path):
+    space = yaml.safe_load(LEAN.read_text())
+    space["params"]["kd_lr"] = {"choices": [1.0e-4, 1.0e30]}  # 1e30: Adam's first step blows the weights up
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    base = {"prune_ratio": 0.3, "planes_keep": {s: 0.8 for s in ("layer1", "layer2", "layer3", "layer4")},
+            "mid_keep": 0.6, "order": "bpm", "signal": "bn", "alpha": 0.1, "beta": 0.1, "sparsity": 0.0}
+    points = [{**base, "kd_lr": 1.0e30}, {**base, "kd_lr": 1.0e-4}, {**base, "kd_lr": 1.0e-4, "mid_keep": 0.3}]
+    points_file = tmp_path / "points.json"
+    points_file.write_text(json.dumps(points))
+    frontier(out, "--name", "failing", "--space", str(space_file), "--points", str(points_file), "--num-samples",
+             "3", "--no-asha")
+    children, by_status = check_search(out, "failing", 3)
+    assert sorted(by_status.values()) == ["completed", "completed", "failed"]
+    failed = next(c for c in children if c.data.tags["status"] == "failed")
+    assert failed.info.status == "FAILED" and "non-finite" in failed.data.tags["error"]
+    assert failed.data.params["kd_lr"] == "1e+30"
+
+
+def test_resume_after_interrupt_runs_no_trial_twice(out):
+    args = ["--space", str(LEAN), "--name", "resumable", "--num-samples", "4", "--no-asha", "--cpus-per-trial", "1"]
+    cmd = [sys.executable, "search/frontier.py", "--budget-gmacs", str(BUDGET), "--profile", "smoke", "--dataset",
+           "digits", "--out-dir", str(out), *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    exp = out / "search" / "resumable"
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(exp.glob("trial_*/model/record.json")):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(1)
+    proc.send_signal(signal.SIGINT)  # Ctrl+C: Ray Tune saves the experiment and stops
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, log[-3000:]
+    _, parents, before = mlflow_runs(out, "resumable")
+    assert parents[0].info.status == "KILLED"
+    finished = {c.data.tags["trial_id"]: c.info.end_time for c in before if c.data.tags["status"] == "completed"}
+    assert finished, "a trial had finished before the interrupt"
+
+    changed = frontier(out, *args, "--resume", "--sampler", "random", check=False)  # different settings
+    assert changed.returncode == 2 and "different settings (sampler)" in changed.stderr
+    frontier(out, *args, "--resume")
+    children, _ = check_search(out, "resumable", 4)
+    for c in children:  # trials finished before the interrupt were not run again
+        if c.data.tags["trial_id"] in finished:
+            assert c.info.end_time == finished[c.data.tags["trial_id"]]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--budget-gmacs", "0"], "--budget-gmacs=0.0 is outside (0.0, inf)"),
+    (["--budget-gmacs", "0.00001"], "below the smallest resnet18 this can build (0.00004009 GMACs)"),
+    (["--sampler", "grid"], "invalid choice: 'grid'"),
+    (["--address", "127.0.0.1:9"], "Ray cluster 127.0.0.1:9 is unreachable"),
+    (["--mlflow-uri", "http://127.0.0.1:9"], "MLflow tracking server http://127.0.0.1:9 is unreachable"),
+    (["--resume", "--name", "never-ran"], "nothing to resume"),
+    (["--points", "/nonexistent.json"], "--points /nonexistent.json is not a readable JSON file"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, words):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "search/frontier.py", "--budget-gmacs", str(BUDGET), "--profile", "smoke", "--dataset",
+           "digits", "--out-dir", str(out), "--space", str(LEAN), *args]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert words in r.stderr, r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1 if "invalid choice" not in words else True
+    assert not (out / "mlflow.db").exists() and not (out / "search").exists()
+
+
+def test_existing_search_needs_resume_or_a_new_name(out):
+    r = frontier(out, "--name", "smoke", check=False)
+    assert r.returncode == 2 and "already exists" in r.stderr
+
+
+def test_review_reads_the_search_back_from_mlflow(out):
+    """analysis/review.py: Pareto table = independent non-dominated set over the MLflow runs; PNGs; HV monotone."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("review", REPO / "analysis" / "review.py")
+    review = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(review)
+    client, _, children = mlflow_runs(out, "smoke")
+    search = review.load_search(client, "smoke")
+    _, front = review.pareto_table(search)
+    done = [{"id": c.data.tags["trial_id"], **c.data.metrics} for c in children
+            if c.data.tags["status"] == "completed"]
+    independent = {d["id"] for d in done if not any(
+        e["val_top1"] >= d["val_top1"] and e["gmacs"] <= d["gmacs"] and
+        (e["val_top1"] > d["val_top1"] or e["gmacs"] < d["gmacs"]) for e in done)}
+    assert {t["trial_id"] for t in front} == independent
+    curve = review.hypervolume_curve(search)
+    assert len(curve) == len(children) and all(b >= a for a, b in zip(curve, curve[1:])) and curve[-1] > 0
+    r = subprocess.run([sys.executable, "analysis/review.py", "--experiment", "smoke", "--out-dir", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for png in ("frontier.png", "hypervolume.png"):
+        assert (out / "review" / "smoke" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    parent = [p for p in mlflow_runs(out, "smoke")[1]][0]
+    assert {"review/frontier.png", "review/hypervolume.png"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id, "review")}
+    bad = subprocess.run([sys.executable, "analysis/review.py", "--experiment", "nope", "--out-dir", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "no MLflow experiment named 'nope'" in bad.stderr

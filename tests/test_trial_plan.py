@@ -1,0 +1,86 @@
+"""Config -> plan: every sampled configuration trains a model within the budget, known before training."""
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from m2mdc import metrics
+from m2mdc.cost import CostModel
+from m2mdc.models import get_adapter
+from m2mdc.pipeline import validate_plan
+from search.trial_plan import build_trial_plan
+
+ADAPTER = get_adapter("resnet18")
+TEACHER = ADAPTER.base_model(10)
+COST = CostModel(ADAPTER, 10, 32)
+# Deterministic, distinct block scores (the plan only needs an order of the blocks).
+SCORES = {b: float((i * 7) % 11) + i / 100 for i, b in enumerate(ADAPTER.blocks(TEACHER))}
+KD = {"epochs": 1, "steps_per_epoch": 2}
+
+frac = st.floats(0.05, 1.0)
+configs = st.fixed_dictionaries({
+    "prune_ratio": st.floats(0.0, 0.99),
+    "planes_keep": st.fixed_dictionaries({s: frac for s in ("layer1", "layer2", "layer3", "layer4")}),
+    "mid_keep": frac,
+    "order": st.sampled_from(["bpm", "bmp", "pbm", "pmb", "mbp", "mpb"]),
+    "signal": st.sampled_from(["bn", "l1", "mi"]),
+    "alpha": st.floats(0, 0.5), "beta": st.floats(0, 0.5), "kd_lr": st.floats(1e-5, 1e-3),
+    "qat": st.booleans(), "sparsity": st.sampled_from([0.0, 0.3]), "tail_order": st.sampled_from(["sq", "qs"]),
+})
+
+
+def plan_for(cfg, budget):
+    return build_trial_plan(cfg, adapter=ADAPTER, teacher=TEACHER, cost=COST, budget_gmacs=budget,
+                            block_scores=SCORES, kd=KD)
+
+
+@settings(max_examples=60, deadline=None)
+@given(cfg=configs, budget=st.floats(0.003, 0.04))
+def test_plans_fit_the_budget_and_validate(cfg, budget):
+    tp = plan_for(cfg, budget)
+    if not tp.feasible:
+        assert tp.gmacs > budget and not tp.plan
+        return
+    assert tp.gmacs <= budget
+    assert COST.gmacs(tp.keep_cfg) == tp.gmacs
+    assert tp.width_scale == 1.0 or tp.sampled_gmacs > budget  # only over-budget configurations are projected
+    plan = validate_plan(tp.plan, "resnet18", 10)  # a legal plan: structural steps, then sparsity / QAT
+    names = [s["step"] for s in plan]
+    assert names.count("qat") == int(cfg["qat"])
+    assert names.count("sparsity") == int(cfg["sparsity"] > 0)
+    protected = set(ADAPTER.protected_blocks(TEACHER))
+    kept = {ADAPTER.block_name(s, i) for s, idx in tp.keep_cfg["blocks"].items() for i in idx}
+    assert protected <= kept
+
+
+@pytest.mark.parametrize("budget", [0.006, 0.012, 0.02])
+def test_fvcore_recount_of_the_planned_architecture(budget):
+    cfg = {"prune_ratio": 0.3, "planes_keep": {"layer1": 1.0, "layer2": 0.9, "layer3": 0.8, "layer4": 0.7},
+           "mid_keep": 0.9, "order": "bpm", "signal": "bn", "alpha": 0.1, "beta": 0.1, "kd_lr": 1e-4, "qat": False,
+           "sparsity": 0.0}
+    tp = plan_for(cfg, budget)
+    assert tp.projected and tp.sampled_gmacs > budget
+    assert metrics.gmacs(ADAPTER.rebuild(tp.keep_cfg, 10), 32) == pytest.approx(tp.gmacs, abs=1e-12)
+    assert tp.gmacs <= budget
+    # the projection is the largest common scale that fits: 5% more width would not
+    from search.trial_plan import _widths
+
+    kept = frozenset(ADAPTER.block_name(s, i) for s, idx in tp.keep_cfg["blocks"].items() for i in idx)
+    wider = _widths(COST, kept, cfg["planes_keep"], cfg["mid_keep"], tp.width_scale + 0.05)
+    assert COST.macs_of(kept, wider) > budget * 1e9
+
+
+def test_full_model_within_budget_gets_one_kd_pass():
+    cfg = {"prune_ratio": 0.0, "planes_keep": 1.0, "mid_keep": 1.0, "order": "bpm", "signal": "bn", "alpha": 0.1,
+           "beta": 0.1, "kd_lr": 1e-4, "qat": False, "sparsity": 0.0}
+    tp = plan_for(cfg, 1.0)
+    assert [s["step"] for s in tp.plan] == ["kd"] and not tp.projected
+
+
+def test_order_controls_the_structural_sequence():
+    cfg = {"prune_ratio": 0.5, "planes_keep": 0.5, "mid_keep": 0.5, "signal": "bn", "alpha": 0.1, "beta": 0.1,
+           "kd_lr": 1e-4, "qat": True, "sparsity": 0.3, "tail_order": "qs"}
+    a = [s["step"] for s in plan_for({**cfg, "order": "bpm"}, 1.0).plan]
+    b = plan_for({**cfg, "order": "mpb"}, 1.0).plan
+    assert a == ["block_prune", "kd", "widths", "kd", "widths", "kd", "qat", "kd", "sparsity", "kd"]
+    assert [s["step"] for s in b][:5] == ["widths", "kd", "widths", "kd", "block_prune"]
+    assert "mid" in b[0]["keep_cfg"] and "planes" in b[2]["keep_cfg"]
