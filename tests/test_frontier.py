@@ -199,3 +199,27 @@ def test_review_reads_the_search_back_from_mlflow(out):
     bad = subprocess.run([sys.executable, "analysis/review.py", "--experiment", "nope", "--out-dir", str(out)],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "no MLflow experiment named 'nope'" in bad.stderr
+
+
+def test_export_a_pareto_member_to_onnx(out):
+    """analysis/export.py: an FP32 Pareto member's ONNX file agrees with PyTorch in onnxruntime to 1e-4."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from m2mdc.pipeline import load_result
+
+    client, _, children = mlflow_runs(out, "failing")  # the lean space: FP32 models
+    member = next(c for c in children if c.data.tags.get("pareto") == "true")
+    dest = out / "exported"
+    r = subprocess.run([sys.executable, "analysis/export.py", "--run-id", member.info.run_id, "--format", "onnx",
+                        "--out-dir", str(out), "--dest", str(dest)], cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    model, _ = load_result(Path(client.download_artifacts(member.info.run_id, "model", str(out / "dl"))))
+    x = np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    sess = ort.InferenceSession(str(dest / "model.onnx"), providers=["CPUExecutionProvider"])
+    import torch
+
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert np.abs(sess.run(None, {sess.get_inputs()[0].name: x})[0] - ref).max() <= 1e-4
