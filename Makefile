@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-compress test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The product's main job on the embedded digits data: a quick frontier search (ResNet-18, 0.02 GMACs),
+# then its review from MLflow. A fresh search name per run; `make demo-compress` runs one M2M-DC plan.
+DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
 demo: $(STAMP)
+	$(PY) search/frontier.py --budget-gmacs 0.02 --dataset digits --profile quick --name $(DEMO_NAME)
+	$(PY) analysis/review.py --experiment $(DEMO_NAME)
+
+demo-compress: $(STAMP)
 	$(PY) -m m2mdc.demo
 
 test: $(STAMP)
