@@ -26,6 +26,8 @@ def rows_of(record: dict) -> list[tuple]:
             last_edit = r["step"]
         elif r["step"] in ("kd", "train", "convert"):
             label = "INT8 (converted)" if r["step"] == "convert" else STAGE_LABELS.get(last_edit, r["step"])
+            if r["step"] == "train":  # plain CE repair (PQD's P and Q stages), not KD
+                label = label.replace("-KD", "-CE")
             out.append((label, r["val_top1"], r["test_top1"], r["params_count"], r["gmacs"], elapsed))
     return out
 

@@ -5,9 +5,9 @@
 
 Everything is read back from the MLflow store (not from files the search left behind). The
 Pareto set is recomputed from the finished trials (and checked against the runs' pareto tags);
-the hypervolume after each trial uses Optuna's implementation with reference point
-(val top-1 = 0 %, GMACs = the search's budget): the area between that corner and the front, in
-%·GMACs, non-decreasing as trials finish. Plots go to OUT/review/NAME/ and, unless --no-log, onto
+the hypervolume after each trial uses Optuna's implementation in (val top-1 %, GMACs / budget)
+space with reference point (0 %, 1): the area between that corner and the front, in % x share
+of the budget (100 would be a 100 %-accurate model at 0 GMACs), non-decreasing as trials finish. Plots go to OUT/review/NAME/ and, unless --no-log, onto
 the search's parent run.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from m2mdc.errors import Parser, UserError, cli
 from m2mdc.io import ensure_writable, out_root
-from search.pareto import frontier_plot, non_dominated
+from search.pareto import figure, frontier_plot, non_dominated
 
 
 @dataclass
@@ -60,7 +60,7 @@ def load_search(client, name: str) -> Search:
         m = r.data.metrics
         trials.append({"run_id": r.info.run_id, "trial_id": r.data.tags.get("trial_id"),
                        "status": r.data.tags.get("status"), "pareto_tag": r.data.tags.get("pareto"),
-                       "start": r.info.start_time, "end": r.info.end_time or 0, "params": dict(r.data.params),
+                       "start": r.info.start_time, "end": r.info.end_time or 0, "config": dict(r.data.params),
                        **{k: m.get(k) for k in ("val_top1", "test_top1", "gmacs", "params", "size_bytes",
                                                 "latency_ms", "sparsity")},
                        "int8": r.data.tags.get("int8") == "true"})
@@ -69,14 +69,15 @@ def load_search(client, name: str) -> Search:
 
 
 def hypervolume(rows: list[dict], budget: float) -> float:
-    """Area dominated by rows (max val top-1, min GMACs) inside the reference corner (0 %, budget)."""
+    """Area dominated by rows in (val top-1 %, GMACs / budget) space inside the reference corner
+    (0 %, 1 = the budget), i.e. in % x share of the budget; Optuna's implementation."""
     from optuna._hypervolume import compute_hypervolume
 
-    pts = np.array([[-r["val_top1"], r["gmacs"]] for r in rows if r["gmacs"] <= budget and r["val_top1"] > 0],
+    pts = np.array([[-r["val_top1"], r["gmacs"] / budget] for r in rows if r["gmacs"] <= budget and r["val_top1"] > 0],
                    dtype=float)
     if len(pts) == 0:
         return 0.0
-    return float(compute_hypervolume(pts, np.array([0.0, budget])))
+    return float(compute_hypervolume(pts, np.array([0.0, 1.0])))
 
 
 def hypervolume_curve(search: Search) -> list[float]:
@@ -108,54 +109,28 @@ def pareto_table(search: Search) -> tuple[str, list[dict]]:
     for t in sorted(front, key=lambda t: t["gmacs"]):
         lat = f"{t['latency_ms']:.2f} ms" if t.get("latency_ms") is not None else ""
         size = f"{t['size_bytes'] / 1e6:.1f} MB" if t.get("size_bytes") else ""
-        lines.append(f"| {t['trial_id']} | {_config(t['params'])} | {t['val_top1']:.2f}% | {t['test_top1']:.2f}% | "
+        lines.append(f"| {t['trial_id']} | {_config(t['config'])} | {t['val_top1']:.2f}% | {t['test_top1']:.2f}% | "
                      f"{t['gmacs']:.4f} | {t['params'] / 1e6:.3f}M | {size} | {lat} | {'yes' if t['int8'] else 'no'} | "
                      f"{t['run_id']} |")
     return "\n".join(lines) + "\n", front
 
 
 def plot_hypervolume(curves: dict[str, list[float]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    for name, hv in curves.items():
-        ax.plot(range(1, len(hv) + 1), hv, "-o", ms=3, label=name)
-    ax.set_xlabel("trials ended")
-    ax.set_ylabel("hypervolume (%·GMACs, ref: 0 %, budget)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, "trials ended", "hypervolume (% x budget share; ref: 0 %, budget)", height=4.0) as ax:
+        for name, hv in curves.items():
+            ax.plot(range(1, len(hv) + 1), hv, "-o", ms=3, label=name)
     return path
 
 
 def plot_compare(searches: list[Search], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    for i, s in enumerate(searches):
-        c = f"C{i}"
-        ax.scatter([t["gmacs"] for t in s.finished], [t["val_top1"] for t in s.finished], c=c, alpha=0.25)
-        front = sorted(non_dominated(s.finished, ("val_top1", "gmacs")), key=lambda t: t["gmacs"])
-        ax.plot([t["gmacs"] for t in front], [t["val_top1"] for t in front], "-o", c=c, drawstyle="steps-post",
-                label=f"{s.name} ({len(s.finished)} finished)")
-    ax.axvline(searches[0].budget, ls="--", c="grey")
-    ax.set_xlabel("GMACs")
-    ax.set_ylabel("val top-1 (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, "GMACs", "val top-1 (%)") as ax:
+        for i, s in enumerate(searches):
+            c = f"C{i}"
+            ax.scatter([t["gmacs"] for t in s.finished], [t["val_top1"] for t in s.finished], c=c, alpha=0.25)
+            front = sorted(non_dominated(s.finished, ("val_top1", "gmacs")), key=lambda t: t["gmacs"])
+            ax.plot([t["gmacs"] for t in front], [t["val_top1"] for t in front], "-o", c=c, drawstyle="steps-post",
+                    label=f"{s.name} ({len(s.finished)} finished)")
+        ax.axvline(searches[0].budget, ls="--", c="grey")
     return path
 
 
@@ -188,8 +163,8 @@ def main(argv=None):
         if tagged and tagged != {t["trial_id"] for t in front}:
             md += f"\nwarning: the runs' pareto tags ({sorted(tagged)}) differ from this recomputation\n"
         curves[s.name] = hypervolume_curve(s)
-        md += f"\nhypervolume after {len(s.trials)} trials: {curves[s.name][-1] if curves[s.name] else 0:.4f} " \
-              f"%·GMACs (reference: 0 %, {s.budget:g} GMACs)\n"
+        md += f"\nhypervolume after {len(s.trials)} trials: {curves[s.name][-1] if curves[s.name] else 0:.3f} " \
+              f"(val top-1 % x share of the budget; reference: 0 %, {s.budget:g} GMACs)\n"
         md_parts.append(md)
     main_search = searches[0]
     files = [frontier_plot(main_search.finished, non_dominated(main_search.finished, ("val_top1", "gmacs")),

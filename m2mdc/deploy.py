@@ -13,7 +13,7 @@ from . import metrics
 CPU = torch.device("cpu")
 
 
-def _export_bytes(model: nn.Module, resolution: int) -> int | None:
+def export_bytes(model: nn.Module, resolution: int) -> int | None:
     """Size of the torch.export artefact (what an INT8 model ships as); None if export fails."""
     try:
         ep = torch.export.export(model, (torch.zeros(2, 3, resolution, resolution),))
@@ -51,7 +51,7 @@ def deployment_metrics(model: nn.Module, resolution: int = 32, int8: bool = Fals
         out[key] = {"backend": backend, "bs1_ms": b1["ms"], "bs64_images_per_s": b64["images_per_s"],
                     "bs64_ms": b64["ms"]}
     if int8:
-        out["size_bytes"] = _export_bytes(model, resolution)
+        out["size_bytes"] = export_bytes(model, resolution)
     else:
         out["size_bytes"] = sparsity.dense_checkpoint_bytes(model)
         out["sparse_size_bytes"] = sparsity.sparse_checkpoint_bytes(model)

@@ -25,6 +25,7 @@ from m2mdc.errors import Parser, UserError, check_range, cli
 from m2mdc.io import ensure_writable, out_root
 from m2mdc.teacher import add_data_args, add_teacher_args, recipe_from_args
 
+ASHA_STOP_FRACTION = 0.25  # a trial in the bottom quarter at a rung has collapsed (search/early_stop.py)
 OBJECTIVE_SETS = {"acc-gmacs": ("val_top1", "gmacs"), "acc-gmacs-latency": ("val_top1", "gmacs", "latency_ms")}
 
 
@@ -36,17 +37,15 @@ class Profile:
     kd_epochs: int  # T of every KD repair
     steps_per_epoch: int | None  # None = full passes over the training split
     probe_samples: int
-    grace_period: int  # ASHA: reports before a trial may be stopped
     teacher_epochs: int | None  # None = the teacher recipe's default
     n_startup: int  # random trials before the model-based sampler takes over
 
 
 PROFILES = {
-    "smoke": Profile(num_samples=4, kd_epochs=1, steps_per_epoch=3, probe_samples=500, grace_period=1,
-                     teacher_epochs=5, n_startup=2),
-    "quick": Profile(num_samples=12, kd_epochs=2, steps_per_epoch=40, probe_samples=5000, grace_period=2,
+    "smoke": Profile(num_samples=4, kd_epochs=1, steps_per_epoch=3, probe_samples=500, teacher_epochs=5, n_startup=2),
+    "quick": Profile(num_samples=12, kd_epochs=2, steps_per_epoch=40, probe_samples=5000,
                      teacher_epochs=None, n_startup=4),
-    "paper": Profile(num_samples=64, kd_epochs=5, steps_per_epoch=None, probe_samples=5000, grace_period=5,
+    "paper": Profile(num_samples=64, kd_epochs=5, steps_per_epoch=None, probe_samples=5000,
                      teacher_epochs=None, n_startup=10),
 }
 
@@ -70,6 +69,10 @@ def build_parser() -> Parser:
     g.add_argument("--objectives", default="acc-gmacs", choices=OBJECTIVE_SETS,
                    help="acc-gmacs (default) or acc-gmacs-latency (adds measured batch-1 CPU latency)")
     g.add_argument("--no-asha", action="store_true", help="run every trial to the end (no early stopping)")
+    g.add_argument("--stop-fraction", type=float, default=ASHA_STOP_FRACTION,
+                   help="ASHA rungs stop trials in this bottom share of val top-1 (default 0.25)")
+    g.add_argument("--asha-min-trials", type=int, default=4,
+                   help="trials recorded at a rung before it may stop any (default 4)")
     g.add_argument("--points", default=None, help="JSON file: a list of configurations to evaluate first")
     g.add_argument("--search-seed", type=int, default=0, help="seed of the sampler")
     o = p.add_argument_group("operations")
@@ -191,6 +194,8 @@ def main(argv=None):
     num_samples = a.num_samples if a.num_samples is not None else prof.num_samples
     check_range("--num-samples", num_samples, 1, 10 ** 6)
     check_range("--max-concurrent", a.max_concurrent, 1, 10 ** 4)
+    check_range("--stop-fraction", a.stop_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
+    check_range("--asha-min-trials", a.asha_min_trials, 1, 10 ** 6)
     kd_epochs = a.kd_epochs if a.kd_epochs is not None else prof.kd_epochs
     check_range("--kd-epochs", kd_epochs, 1, 10 ** 4)
     steps = prof.steps_per_epoch if a.steps_per_epoch is None else (a.steps_per_epoch or None)
@@ -246,7 +251,9 @@ def run_search(a, prof, space, points, ds, recipe, root, name, exp_dir, identity
                num_samples, kd_epochs, steps, cpus) -> int:
     import ray
     from ray import tune
-    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from search.early_stop import CollapseStoppingASHA
 
     from m2mdc.device import pick_device
     from m2mdc.pipeline import prepare_context
@@ -324,9 +331,10 @@ def run_search(a, prof, space, points, ds, recipe, root, name, exp_dir, identity
                 sampler=make_sampler(a.sampler, a.search_seed, prof.n_startup), storage=storage, study_name=name,
                 points_to_evaluate=points or None, budget_gmacs=a.budget_gmacs)
             reports = max_reports(setup, space)
-            scheduler = FIFOScheduler() if a.no_asha else AsyncHyperBandScheduler(
+            scheduler = FIFOScheduler() if a.no_asha else CollapseStoppingASHA(
                 time_attr="training_iteration", metric="val_top1", mode="max", max_t=reports,
-                grace_period=min(prof.grace_period, reports), reduction_factor=3)
+                grace_period=min(kd_epochs, reports), reduction_factor=3, stop_fraction=a.stop_fraction,
+                min_recorded=a.asha_min_trials)
             tuner = tune.Tuner(trainable, param_space=space.param_space(), run_config=run_config,
                                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                                            num_samples=num_samples,

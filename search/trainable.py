@@ -96,6 +96,10 @@ def run_trial(config: dict, setup: SearchSetup, report=_report, out_dir: Path | 
              "int8": record["int8"], "sparsity": record["sparsity"], "train_seconds": time.perf_counter() - t0,
              "epochs_done": epochs_done, "keep_cfg": json.dumps(record["keep_cfg"], sort_keys=True),
              "plan": json.dumps([s["step"] for s in tp.plan])}
+    if record["int8"]:  # what ships is the converted torch.export program, not the FP32 state_dict
+        from m2mdc.deploy import export_bytes
+
+        final["size_bytes"] = export_bytes(model, ctx.ds.resolution) or final["size_bytes"]
     if setup.measure_latency:
         final["latency_ms"] = _latency_ms(model, ctx.ds.resolution, record["int8"], setup.threads)
     if out_dir is not None:

@@ -93,9 +93,12 @@ def check_search(out: Path, name: str, n_trials: int):
 
 def test_smoke_search_end_to_end(out):
     """The acceptance command: default ResNet-18 space (QAT and sparsity included), ASHA on."""
-    r = frontier(out, "--name", "smoke")
+    # an eager ASHA (stop below the 90th percentile from the first recorded trial on) so that some
+    # trials are stopped early and the test can check they stay out of the Pareto set
+    r = frontier(out, "--name", "smoke", "--stop-fraction", "0.9", "--asha-min-trials", "1")
     assert "Pareto set" in r.stdout
-    check_search(out, "smoke", 4)
+    _, by_status = check_search(out, "smoke", 4)
+    assert "stopped_early" in by_status.values()
 
 
 def test_failing_trial_is_recorded_and_the_search_goes_on(out, tmp_path):
@@ -172,11 +175,8 @@ def test_existing_search_needs_resume_or_a_new_name(out):
 
 def test_review_reads_the_search_back_from_mlflow(out):
     """analysis/review.py: Pareto table = independent non-dominated set over the MLflow runs; PNGs; HV monotone."""
-    import importlib.util
+    from analysis import review
 
-    spec = importlib.util.spec_from_file_location("review", REPO / "analysis" / "review.py")
-    review = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(review)
     client, _, children = mlflow_runs(out, "smoke")
     search = review.load_search(client, "smoke")
     _, front = review.pareto_table(search)
@@ -223,3 +223,21 @@ def test_export_a_pareto_member_to_onnx(out):
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     assert np.abs(sess.run(None, {sess.get_inputs()[0].name: x})[0] - ref).max() <= 1e-4
+
+
+def test_baselines_on_the_same_budget(out):
+    """analysis/baselines.py: uniform, Torch-Pruning, M2M-DC defaults and the search's best, same teacher and KD."""
+    pytest.importorskip("torch_pruning")
+    r = subprocess.run([sys.executable, "analysis/baselines.py", "--budget-gmacs", str(BUDGET), "--dataset", "digits",
+                        "--epochs", "5", "--experiment", "failing", "--kd-epochs", "1", "--steps-per-epoch", "3",
+                        "--out-dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    folder = out / "baselines" / "resnet18-digits-b0.02"
+    rows = json.loads((folder / "baselines.json").read_text())
+    names = [row["baseline"] for row in rows]
+    assert names[0] == "uniform width" and names[1].startswith("Torch-Pruning") and names[3].startswith("search best")
+    for row in rows:
+        assert row["gmacs"] <= BUDGET and 0 <= row["test_top1"] <= 100
+    assert rows[0]["gmacs"] > 0.9 * BUDGET and rows[1]["gmacs"] > 0.9 * BUDGET  # both spend the budget
+    assert rows[0]["kd_epochs"] == rows[1]["kd_epochs"] == rows[2]["kd_epochs"] == 3
+    assert (folder / "baselines.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

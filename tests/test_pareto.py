@@ -59,3 +59,17 @@ def test_stopped_and_failed_trials_never_enter_the_study_as_complete():
     assert trials["done"].user_attrs["constraint"] == [0.0]
     assert trials["infeasible"].user_attrs["constraint"][0] > 0  # the sampler sees it as infeasible
     assert [t.user_attrs["ray_trial_id"] for t in s._ot_study.best_trials] == ["done"]
+
+
+def test_collapse_asha_stops_only_the_bottom_share():
+    from types import SimpleNamespace
+
+    from search.early_stop import CollapseStoppingASHA
+
+    sched = CollapseStoppingASHA(time_attr="training_iteration", metric="val_top1", mode="max", max_t=11,
+                                 grace_period=2, reduction_factor=3, stop_fraction=0.25, min_recorded=4)
+    bracket = sched._brackets[0]
+    decide = [bracket.on_result(SimpleNamespace(trial_id=f"t{i}"), 2, v) for i, v in
+              enumerate([50.0, 60.0, 70.0, 80.0, 10.0, 65.0])]
+    # the first four only fill the rung; then 10 (a collapse) stops, 65 goes on (plain ASHA with rf 3 would stop it)
+    assert decide == ["CONTINUE"] * 4 + ["STOP", "CONTINUE"]
