@@ -493,6 +493,7 @@ def load_result(folder: Path, device: torch.device | str = "cpu") -> tuple[nn.Mo
 
         try:
             model = torch.export.load(folder / "model.pt2").module()
+            quant.strip_unused(model)  # artefacts written before strip_unused still carry FP32 weights
             quant._inference_only(model)  # exported modules refuse .eval(); the INT8 graph is eval-only
             return model, meta
         except Exception as e:  # noqa: BLE001 - any unreadable artefact is the same user problem

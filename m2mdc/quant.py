@@ -225,8 +225,25 @@ def _finish(converted: GraphModule, name: str, step: str, features: bool) -> nn.
     if cov["int8"] == 0:
         raise UserError(f"INT8 {step} of {name} failed at convert: none of its {cov['total']} conv/linear ops "
                         f"has an int8 weight after convert_pt2e; use FP32 for this architecture")
+    strip_unused(converted)
     _inference_only(converted)
     return _LogitsOnly(converted).eval() if features else converted
+
+
+def strip_unused(gm: GraphModule) -> GraphModule:
+    """Drop the parameters, buffers and submodules no graph node reads. convert_pt2e folds the
+    weights into int8 constants but leaves the FP32 originals attached, which made the INT8
+    artefact larger than the FP32 checkpoint (measured: 8.5 MB vs 6.5 MB for a 1.6M-param
+    student)."""
+    gm.graph.eliminate_dead_code()  # get_attr nodes nothing reads (a reloaded export has them)
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    for name, _ in [*gm.named_parameters(), *gm.named_buffers()]:
+        if name not in used:
+            owner, _, attr = name.rpartition(".")
+            delattr(gm.get_submodule(owner) if owner else gm, attr)
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
 
 
 def _inference_only(gm: GraphModule) -> None:

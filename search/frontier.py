@@ -179,7 +179,7 @@ def pareto_markdown(front: list[dict]) -> str:
     for r in sorted(front, key=lambda r: r["gmacs"]):
         lines.append(f"| {r['trial_id']} | {summarise_config(r['config'])} | {_fmt(r['val_top1'], '.2f')}% | "
                      f"{_fmt(r['test_top1'], '.2f')}% | {_fmt(r['gmacs'], '.4f')} | "
-                     f"{_fmt((r['params'] or 0) / 1e6, '.3f')}M | {_fmt(r.get('latency_ms'), '.2f')} ms | "
+                     f"{_fmt((r['params'] or 0) / 1e6, '.3f')}M | {_fmt(r.get('latency_ms'), '.2f') + (' ms' if r.get('latency_ms') is not None else '')} | "
                      f"{'yes' if r.get('int8') else 'no'} | {r.get('run_id') or ''} |")
     return "\n".join(lines) + "\n"
 
@@ -339,6 +339,7 @@ def run_search(a, prof, space, points, ds, recipe, root, name, exp_dir, identity
                                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                                            num_samples=num_samples,
                                                            max_concurrent_trials=a.max_concurrent,
+                                                           reuse_actors=True,
                                                            trial_dirname_creator=lambda tr: f"trial_{tr.trial_id}"))
         results = tuner.fit()
         rows = collect_rows(results, tracker)

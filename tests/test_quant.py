@@ -98,6 +98,16 @@ def test_converted_is_int8_sparse_and_runs_at_batch_1(pqd, digits):
     assert converted(next(iter(Loader(digits.test, 1, CPU))).x).shape == (1, 10)
 
 
+def test_converted_artefact_ships_int8_not_fp32_weights(pqd, fp32):
+    """convert_pt2e leaves the FP32 weights attached; the INT8 export must not carry them."""
+    from m2mdc.deploy import export_bytes
+    from m2mdc.sparsity import dense_checkpoint_bytes
+
+    int8_bytes = export_bytes(pqd["converted"], 32)
+    assert int8_bytes < 0.35 * dense_checkpoint_bytes(fp32)  # int8 weights: ~1/4 of FP32, plus scales
+    assert not [n for n, p in pqd["converted"].named_parameters() if p.dtype == torch.float32 and p.dim() == 4]
+
+
 def test_converted_agrees_with_fake_quant(pqd, digits):
     prepared, converted = pqd["prepared"], pqd["converted"]
     prepared.eval()
