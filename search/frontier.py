@@ -287,7 +287,7 @@ def run_search(a, prof, space, points, ds, recipe, root, name, exp_dir, identity
     setup = SearchSetup(ctx, a.budget_gmacs, space.mode, {"epochs": kd_epochs, "steps_per_epoch": steps},
                         probe_samples=prof.probe_samples, channel_scores=ch_scores,
                         measure_latency="latency_ms" in objectives, threads=max(1, int(cpus)),
-                        use_gpu=a.gpus_per_trial > 0, quiet=a.quiet)
+                        use_gpu=a.gpus_per_trial > 0, quiet=a.quiet, trials_dir=str(exp_dir))
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state saved often: resume loses little
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

@@ -40,6 +40,7 @@ class SearchSetup:
     threads: int = 1
     use_gpu: bool = False
     quiet: bool = False
+    trials_dir: str | None = None  # where trial_<id>/model goes (the experiment folder; shared storage on a cluster)
 
     def plan_for(self, config: dict):
         ctx = self.ctx
@@ -124,4 +125,9 @@ def compression_trial(config: dict, setup: SearchSetup) -> None:
     """Ray Tune function trainable (wrapped with ``tune.with_parameters(compression_trial, setup=...)``)."""
     from ray import tune
 
-    run_trial(config, setup, out_dir=Path(tune.get_context().get_trial_dir()))
+    context = tune.get_context()
+    # With reuse_actors a reused worker's get_trial_dir() still names its first trial's folder
+    # (seen with Ray 2.60): address the folder by trial id instead.
+    folder = (Path(setup.trials_dir) / f"trial_{context.get_trial_id()}" if setup.trials_dir
+              else Path(context.get_trial_dir()))
+    run_trial(config, setup, out_dir=folder)

@@ -67,6 +67,10 @@ def check_search(out: Path, name: str, n_trials: int):
         assert c.data.metrics["gmacs"] <= BUDGET
         keep_cfg = json.loads(c.data.tags["keep_cfg"])
         assert metrics.gmacs(adapter.rebuild(keep_cfg, 10), 32) == pytest.approx(c.data.metrics["gmacs"], abs=1e-12)
+        # each trial saved its own model in its own folder (reused Ray actors must not mix them up)
+        saved = json.loads((out / "search" / name / f"trial_{c.data.tags['trial_id']}" / "model" /
+                            "keep_cfg.json").read_text())
+        assert saved["keep_cfg"] == keep_cfg
     tagged = {c.data.tags["trial_id"] for c in children if c.data.tags.get("pareto") == "true"}
     rows = [{"id": c.data.tags["trial_id"], **c.data.metrics} for c in done]
     assert tagged == {r["id"] for r in non_dominated(rows, ("val_top1", "gmacs"))}
