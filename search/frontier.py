@@ -260,7 +260,8 @@ def run_search(a, prof, space, points, ds, recipe, root, name, exp_dir, identity
     from m2mdc.slicing import channel_scores
     from search.optuna_search import ParetoSafeOptunaSearch, make_sampler
     from search.pareto import OBJECTIVES, frontier_plot, non_dominated
-    from search.tracking import SearchTracker, TrialLogger, write_json
+    from m2mdc.io import write_json
+    from search.tracking import SearchTracker, TrialLogger
     from search.trainable import SearchSetup, compression_trial
 
     device = pick_device(a.device)
@@ -280,7 +281,7 @@ def run_search(a, prof, space, points, ds, recipe, root, name, exp_dir, identity
         from m2mdc.data import probe_loader
 
         for s in (sig.choices or (sig.fixed,)):
-            groups = [g for g in adapter_groups(ctx)]
+            groups = adapter_groups(ctx)
             probe = probe_loader(ds, device, max_samples=prof.probe_samples) if s == "mi" else None
             ch_scores[s] = channel_scores(ctx.teacher, ctx.adapter, groups, s, probe)
     objectives = OBJECTIVE_SETS[a.objectives]

@@ -7,7 +7,6 @@ infeasible; ``pareto`` = true / false once the search ends.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -193,7 +192,3 @@ class TrialLogger(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self.tracker.end_trial(trial, error=True)
 
-
-def write_json(path: Path, obj) -> Path:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    return path

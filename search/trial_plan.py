@@ -58,7 +58,7 @@ def _fractions(config: dict, stages: list[str]) -> tuple[dict[str, float], float
     return planes, float(config["mid_keep"])
 
 
-def _widths(cost: CostModel, kept: frozenset, planes: dict[str, float], mid: float, scale: float) -> dict[str, int]:
+def _widths(cost: CostModel, planes: dict[str, float], mid: float, scale: float) -> dict[str, int]:
     out = {}
     for knob, full in cost.full_knob_widths.items():
         kind, _, owner = knob.partition(":")
@@ -91,21 +91,21 @@ def build_trial_plan(config: dict, *, adapter: Adapter, teacher, cost: CostModel
     keep_blocks = keep_blocks_after(adapter, teacher, pruned)
     kept = frozenset(b for b in cost.blocks if b not in set(pruned))
     planes, mid = _fractions(config, stages)
-    sampled = cost.macs_of(kept, _widths(cost, kept, planes, mid, 1.0))
+    sampled = cost.macs_of(kept, _widths(cost, planes, mid, 1.0))
     scale, feasible = 1.0, True
     if sampled > budget_macs:
         lo, hi = 0.0, 1.0  # invariant: scale lo fits (checked below), hi does not
-        if cost.macs_of(kept, _widths(cost, kept, planes, mid, 0.0)) > budget_macs:
+        if cost.macs_of(kept, _widths(cost, planes, mid, 0.0)) > budget_macs:
             feasible = False
         else:
             for _ in range(BISECTION_STEPS):
                 m = (lo + hi) / 2
-                if cost.macs_of(kept, _widths(cost, kept, planes, mid, m)) <= budget_macs:
+                if cost.macs_of(kept, _widths(cost, planes, mid, m)) <= budget_macs:
                     lo = m
                 else:
                     hi = m
             scale = lo
-    widths = _widths(cost, kept, planes, mid, scale)
+    widths = _widths(cost, planes, mid, scale)
     keep_cfg = cost.keep_cfg(kept, widths)
     if not feasible:
         return TrialPlan([], keep_cfg, cost.macs_of(kept, widths) / 1e9, sampled / 1e9, 0.0, feasible=False,

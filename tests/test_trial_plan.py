@@ -65,7 +65,7 @@ def test_fvcore_recount_of_the_planned_architecture(budget):
     from search.trial_plan import _widths
 
     kept = frozenset(ADAPTER.block_name(s, i) for s, idx in tp.keep_cfg["blocks"].items() for i in idx)
-    wider = _widths(COST, kept, cfg["planes_keep"], cfg["mid_keep"], tp.width_scale + 0.05)
+    wider = _widths(COST, cfg["planes_keep"], cfg["mid_keep"], tp.width_scale + 0.05)
     assert COST.macs_of(kept, wider) > budget * 1e9
 
 
