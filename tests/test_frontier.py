@@ -5,6 +5,7 @@ One module-wide output folder, so the smoke teacher is trained once and cached.
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -124,19 +125,34 @@ def test_failing_trial_is_recorded_and_the_search_goes_on(out, tmp_path):
     assert failed.data.params["kd_lr"] == "1e+30"
 
 
+def finished_in_mlflow(db: Path) -> int:
+    """Trial runs the driver has closed as completed; read-only SQL so the poll never writes the store."""
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            return con.execute("SELECT count(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                               "WHERE t.key = 'status' AND t.value = 'completed' AND r.status = 'FINISHED'"
+                               ).fetchone()[0]
+    except sqlite3.OperationalError:  # store still being created
+        return 0
+
+
 def test_resume_after_interrupt_runs_no_trial_twice(out):
     args = ["--space", str(LEAN), "--name", "resumable", "--num-samples", "4", "--no-asha", "--cpus-per-trial", "1"]
     cmd = [sys.executable, "search/frontier.py", "--budget-gmacs", str(BUDGET), "--profile", "smoke", "--dataset",
            "digits", "--out-dir", str(out), *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    exp = out / "search" / "resumable"
+    log_file = out / "resumable.log"  # a file, not a pipe: an unread pipe that fills would stall the search
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log_file.open("w"), stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 600
-    while time.time() < deadline and not list(exp.glob("trial_*/model/record.json")):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
+    # interrupt once the driver has recorded a finished trial in MLflow (a trial's saved model appears
+    # a moment before the driver hears of it, so waiting on files raced: CI caught it)
+    while time.time() < deadline and not finished_in_mlflow(out / "mlflow.db"):
+        assert proc.poll() is None, log_file.read_text()[-3000:]
         time.sleep(1)
     proc.send_signal(signal.SIGINT)  # Ctrl+C: Ray Tune saves the experiment and stops
-    log = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 130, log[-3000:]
+    proc.wait(timeout=300)
+    assert proc.returncode == 130, log_file.read_text()[-3000:]
     _, parents, before = mlflow_runs(out, "resumable")
     assert parents[0].info.status == "KILLED"
     finished = {c.data.tags["trial_id"]: c.info.end_time for c in before if c.data.tags["status"] == "completed"}
