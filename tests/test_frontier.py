@@ -125,15 +125,17 @@ def test_failing_trial_is_recorded_and_the_search_goes_on(out, tmp_path):
     assert failed.data.params["kd_lr"] == "1e+30"
 
 
-def finished_in_mlflow(db: Path) -> int:
-    """Trial runs the driver has closed as completed; read-only SQL so the poll never writes the store."""
+def finished_in_mlflow(db: Path, experiment: str) -> int:
+    """Trial runs of ``experiment`` the driver has closed as completed (the store is shared with the
+    module's other searches); read-only SQL so the poll never writes the store."""
     if not db.exists():
         return 0
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
             return con.execute("SELECT count(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-                               "WHERE t.key = 'status' AND t.value = 'completed' AND r.status = 'FINISHED'"
-                               ).fetchone()[0]
+                               "JOIN experiments e ON e.experiment_id = r.experiment_id "
+                               "WHERE e.name = ? AND t.key = 'status' AND t.value = 'completed' "
+                               "AND r.status = 'FINISHED'", (experiment,)).fetchone()[0]
     except sqlite3.OperationalError:  # store still being created
         return 0
 
@@ -147,7 +149,7 @@ def test_resume_after_interrupt_runs_no_trial_twice(out):
     deadline = time.time() + 600
     # interrupt once the driver has recorded a finished trial in MLflow (a trial's saved model appears
     # a moment before the driver hears of it, so waiting on files raced: CI caught it)
-    while time.time() < deadline and not finished_in_mlflow(out / "mlflow.db"):
+    while time.time() < deadline and not finished_in_mlflow(out / "mlflow.db", "resumable"):
         assert proc.poll() is None, log_file.read_text()[-3000:]
         time.sleep(1)
     proc.send_signal(signal.SIGINT)  # Ctrl+C: Ray Tune saves the experiment and stops
