@@ -14,8 +14,10 @@ Rows, all trained and measured in this one run on the same cached teacher and te
 * **search-best**: the best finished trial of ``--experiment`` (highest val top-1 within the
   budget, read from MLflow), re-run here with the same KD settings.
 
-Every KD repair uses the same epochs T and batches per epoch; one-shot baselines get the epochs of
-M2M-DC's three repairs (3T) in one repair, so total KD epochs match; the table lists them.
+Every row trains the same total number of KD epochs E (of the same batches per epoch): the search
+best's own total (its number of KD repairs x T) when there is one, else M2M-DC's 3T. One-shot
+baselines spend E in one repair; a plan with k repairs splits E over them (E // k each, the rest on
+the last). The table lists every row's epochs.
 """
 from __future__ import annotations
 
@@ -59,6 +61,17 @@ def best_search_config(client, experiment: str, budget: float) -> tuple[dict, di
         else:
             config[k] = _typed(v)
     return config, {"run_id": best.info.run_id, **best.data.metrics}
+
+
+def split_epochs(plan: list[dict], total: int) -> list[dict]:
+    """``plan`` with ``total`` KD epochs spread over its KD repairs (E // k each, the rest on the last)."""
+    kd_at = [i for i, st in enumerate(plan) if st["step"] == "kd"]
+    plan = [dict(st) for st in plan]
+    for j, i in enumerate(kd_at):
+        plan[i]["epochs"] = total // len(kd_at) + (total % len(kd_at) if j == len(kd_at) - 1 else 0)
+    if any(plan[i]["epochs"] < 1 for i in kd_at):
+        raise UserError(f"{total} KD epochs cannot be shared by {len(kd_at)} repairs; raise --kd-epochs")
+    return plan
 
 
 def torch_pruning_student(teacher, budget: float, resolution: int):
@@ -118,6 +131,8 @@ def main(argv=None):
     p.add_argument("--kd-epochs", type=int, default=2, help="T of every KD repair (default 2, the quick profile)")
     p.add_argument("--steps-per-epoch", type=int, default=40, help="batches per KD epoch, 0 = full (default 40)")
     p.add_argument("--mlflow-uri", default=None)
+    p.add_argument("--group-l1", action="store_true", help="also re-run the search best with its channels ranked "
+                   "by group_l1 (Torch-Pruning's group magnitude): separates the architecture from the channel choice")
     p.add_argument("--only", default=None, help="comma-separated subset of uniform,torch-pruning,m2mdc-defaults,"
                    "search-best")
     a = p.parse_args(argv)
@@ -162,18 +177,23 @@ def main(argv=None):
         print(f"[baselines] {name}: val {r['val_top1']:.2f}%  test {r['test_top1']:.2f}%  GMACs {r['gmacs']:.4f}  "
               f"({r['minutes']:.1f} min)", flush=True)
 
+    search_plan = None
+    if best is not None:
+        search_plan = build_trial_plan(best[0], adapter=adapter, teacher=ctx.teacher, cost=cost,
+                                       budget_gmacs=a.budget_gmacs, block_scores=scores, kd=kd)
+    total = search_plan.kd_steps * a.kd_epochs if search_plan else 3 * a.kd_epochs  # E: every row's KD epochs
     base_cfg = {"alpha": 0.1, "beta": 0.1, "kd_lr": 1e-4, "kl_weight": 0.0, "qat": False, "sparsity": 0.0,
                 "signal": "bn", "order": "bpm"}
     if "uniform" in rows_wanted:
         t0 = time.perf_counter()
         tp_ = build_trial_plan({**base_cfg, "prune_ratio": 0.0, "planes_keep": 1.0, "mid_keep": 1.0}, adapter=adapter,
                                teacher=ctx.teacher, cost=cost, budget_gmacs=a.budget_gmacs, block_scores=scores,
-                               kd={**kd, "epochs": 3 * a.kd_epochs})
+                               kd={**kd, "epochs": total})
         both = {"planes": tp_.keep_cfg["planes"], "mid": tp_.keep_cfg["mid"]}
         plan = [{"step": "widths", "keep_cfg": both, "signal": "bn"}, {"step": "kd", **{k: v for k, v in
                                                                                    tp_.plan[-1].items() if k != "step"}}]
         _, rec = run_plan(plan, ctx, quiet=True)
-        add("uniform width", None, rec, 3 * a.kd_epochs, time.perf_counter() - t0, f"scale {tp_.width_scale:.3f}")
+        add("uniform width", None, rec, total, time.perf_counter() - t0, f"scale {tp_.width_scale:.3f}")
     if "torch-pruning" in rows_wanted:
         try:
             import torch_pruning  # noqa: F401
@@ -181,25 +201,29 @@ def main(argv=None):
             t0 = time.perf_counter()
             student, keep, ratio = torch_pruning_student(ctx.teacher, a.budget_gmacs, ds.resolution)
             student = student.to(device)
-            cfg = KDConfig(epochs=3 * a.kd_epochs, steps_per_epoch=kd["steps_per_epoch"])
+            cfg = KDConfig(epochs=total, steps_per_epoch=kd["steps_per_epoch"])
             distill(student, ctx.teacher, adapter, ds.train, ds.val, cfg, device, ctx.get_teacher_outputs(),
                     feature_index=keep, quiet=True, resolution=ds.resolution)
-            add("Torch-Pruning (L1 group, uniform ratio)", student, None, 3 * a.kd_epochs, time.perf_counter() - t0,
+            add("Torch-Pruning (L1 group, uniform ratio)", student, None, total, time.perf_counter() - t0,
                 f"ratio {ratio:.3f}")
         except ImportError:
             rows.append({"baseline": "Torch-Pruning", "note": "not installed: pip install -e '.[baselines]'"})
     if "m2mdc-defaults" in rows_wanted:
         t0 = time.perf_counter()
-        _, rec = run_plan(m2mdc_plan(0.5, 0.5, 0.5, **{k: v for k, v in kd.items()}), ctx, quiet=True)
-        add("M2M-DC defaults (r 0.5, planes 0.5, mid 0.5)", None, rec, 3 * a.kd_epochs, time.perf_counter() - t0)
+        _, rec = run_plan(split_epochs(m2mdc_plan(0.5, 0.5, 0.5, **kd), total), ctx, quiet=True)
+        add("M2M-DC defaults (r 0.5, planes 0.5, mid 0.5)", None, rec, total, time.perf_counter() - t0)
     if best is not None:
         config, trial = best
-        t0 = time.perf_counter()
-        tp_ = build_trial_plan(config, adapter=adapter, teacher=ctx.teacher, cost=cost, budget_gmacs=a.budget_gmacs,
-                               block_scores=scores, kd=kd)
-        _, rec = run_plan(tp_.plan, ctx, quiet=True)
-        add(f"search best ({a.experiment}, run {trial['run_id'][:8]})", None, rec, tp_.kd_steps * a.kd_epochs,
-            time.perf_counter() - t0, f"in the search: val {trial['val_top1']:.2f}%")
+        for signal in dict.fromkeys([config["signal"]] + (["group_l1"] if a.group_l1 else [])):
+            t0 = time.perf_counter()
+            plan = search_plan.plan if signal == config["signal"] else [
+                {**st, "signal": signal} if "signal" in st else st for st in search_plan.plan]
+            _, rec = run_plan(plan, ctx, quiet=True)
+            label = f"search best ({a.experiment}, run {trial['run_id'][:8]})"
+            if signal != config["signal"]:
+                label = f"search best, channels ranked by group_l1 instead of {config['signal']}"
+            add(label, None, rec, total, time.perf_counter() - t0,
+                f"in the search: val {trial['val_top1']:.2f}%" if signal == config["signal"] else "")
     folder = ensure_writable(root / "baselines") / f"{a.arch}-{ds.name}-b{a.budget_gmacs:g}"
     folder.mkdir(parents=True, exist_ok=True)
     lines = ["| baseline | val top-1 | test top-1 | GMACs | params | KD epochs | time | note |",
@@ -211,7 +235,7 @@ def main(argv=None):
         if "val_top1" not in r:
             lines.append(f"| {r['baseline']} | | | | | | | {r['note']} |")
             continue
-        lines.append(f"| {r['baseline']} | {r['val_top1']:.2f}% | {r['test_top1']:.2f}% | {r['gmacs']:.4f} | "
+        lines.append(f"| {r['baseline']}{' (INT8)' if r['int8'] else ''} | {r['val_top1']:.2f}% | {r['test_top1']:.2f}% | {r['gmacs']:.4f} | "
                      f"{r['params'] / 1e6:.3f}M | {r['kd_epochs']} | {r['minutes']:.1f} min | {r['note']} |")
     md = "\n".join(lines) + "\n"
     (folder / "baselines.md").write_text(md)

@@ -397,7 +397,7 @@ def run_plan(plan: list[dict], ctx: Context, on_epoch: StepHook | None = None, q
         row = {"index": i, "step": spec.name, "params": params, "seconds": time.perf_counter() - t0,
                "val_top1": evaluate(state.model, val_loader),
                "test_top1": evaluate(state.model, test_loader) if eval_test else None,
-               "params_count": shape["params"], "gmacs": shape["gmacs"]}
+               "params_count": shape["params"], "gmacs": shape["gmacs"], "keep_cfg": shape["keep_cfg"]}
         if state.sparsity is not None:
             row["sparsity"] = _achieved_sparsity(state)
         rows.append(row)

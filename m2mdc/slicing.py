@@ -16,7 +16,7 @@ from torch import nn
 from .errors import UserError, check_range
 from .models.base import Adapter
 
-SIGNALS = ("bn", "l1", "mi")
+SIGNALS = ("bn", "l1", "mi", "group_l1")
 
 
 def _modules_by_out_group(model: nn.Module, adapter: Adapter) -> dict[str, list[tuple[str, nn.Module]]]:
@@ -28,17 +28,46 @@ def _modules_by_out_group(model: nn.Module, adapter: Adapter) -> dict[str, list[
     return out
 
 
+def group_l1_scores(model: nn.Module, adapter: Adapter, groups: list[str]) -> dict[str, torch.Tensor]:
+    """Torch-Pruning's group magnitude importance (``GroupMagnitudeImportance(p=1)``, mean
+    reduction): the mean, over every tensor dimension of the group (conv out-filters, BN gammas,
+    and the in-channels of the convs / linear head that read it), of each channel's L1 norm;
+    depthwise convs are left out, as Torch-Pruning 1.6 leaves them out.
+
+    Unlike the other signals the parts are not mean-normalised: this is the baseline's exact
+    ranking, which beat |BN gamma| by 4.4 points at an identical architecture (README baselines).
+    """
+    mods = dict(model.named_modules())
+    parts: dict[str, list[torch.Tensor]] = defaultdict(list)
+    for name, (g_out, g_in) in adapter.channel_groups(model).items():
+        m = mods[name]
+        w = m.weight.detach().abs().float().cpu()
+        if getattr(m, "groups", 1) > 1:  # as Torch-Pruning 1.6: depthwise convs do not vote
+            continue
+        if g_out in groups:
+            parts[g_out].append(w.flatten(1).sum(1) if w.dim() > 1 else w)
+        if g_in in groups and g_in != g_out and isinstance(m, (nn.Conv2d, nn.Linear)):
+            parts[g_in].append(w.transpose(0, 1).flatten(1).sum(1))
+    missing = [g for g in groups if not parts[g]]
+    if missing:
+        raise ValueError(f"no module provides a group_l1 score for channel group(s) {missing}")
+    return {g: torch.stack(parts[g]).mean(0) for g in groups}
+
+
 def channel_scores(model: nn.Module, adapter: Adapter, groups: list[str], signal: str = "bn",
                    probe=None, bins: int = 10) -> dict[str, torch.Tensor]:
     """Importance of every channel of each group, aggregated over the modules that write it.
 
     bn: |gamma| of each BatchNorm in the group; l1: L1 norm of each conv's output filters;
-    mi: label mutual information of each BatchNorm's spatially pooled output over the probe set.
+    mi: label mutual information of each BatchNorm's spatially pooled output over the probe set;
+    group_l1: Torch-Pruning's group magnitude over writers and readers (``group_l1_scores``).
     Each module's scores are divided by their mean before summing, so a stage's blocks weigh
     equally whatever their scale.
     """
     if signal not in SIGNALS:
         raise UserError(f"unknown ranking signal {signal!r}; choose one of {', '.join(SIGNALS)}")
+    if signal == "group_l1":
+        return group_l1_scores(model, adapter, groups)
     writers = _modules_by_out_group(model, adapter)
     if signal == "mi":
         if probe is None:

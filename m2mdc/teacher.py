@@ -184,8 +184,10 @@ def add_data_args(p) -> None:
     p.add_argument("--out-dir", default=None, help="output root (default: $M2MDC_OUT_DIR or ./outputs)")
 
 
-def add_teacher_args(p) -> None:
-    p.add_argument("--arch", default="resnet18", choices=ARCHS, help="architecture (default resnet18)")
+def add_teacher_args(p, arch: bool = True) -> None:
+    """Teacher recipe flags; ``arch=False`` for tools that take several architectures themselves."""
+    if arch:
+        p.add_argument("--arch", default="resnet18", choices=ARCHS, help="architecture (default resnet18)")
     p.add_argument("--weights", default="none", help="none (train from scratch), imagenet (torchvision download), "
                    "or PATH to an ImageNet state_dict of the same torchvision architecture")
     p.add_argument("--epochs", type=int, default=None, help="teacher epochs (default 15 scratch, 5 fine-tune)")

@@ -251,7 +251,7 @@ def test_baselines_on_the_same_budget(out):
     """analysis/baselines.py: uniform, Torch-Pruning, M2M-DC defaults and the search's best, same teacher and KD."""
     pytest.importorskip("torch_pruning")
     r = subprocess.run([sys.executable, "analysis/baselines.py", "--budget-gmacs", str(BUDGET), "--dataset", "digits",
-                        "--epochs", "5", "--experiment", "failing", "--kd-epochs", "1", "--steps-per-epoch", "3",
+                        "--epochs", "5", "--experiment", "failing", "--kd-epochs", "1", "--steps-per-epoch", "3", "--group-l1",
                         "--out-dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     folder = out / "baselines" / "resnet18-digits-b0.02"
@@ -261,5 +261,13 @@ def test_baselines_on_the_same_budget(out):
     for row in rows:
         assert row["gmacs"] <= BUDGET and 0 <= row["test_top1"] <= 100
     assert rows[0]["gmacs"] > 0.9 * BUDGET and rows[1]["gmacs"] > 0.9 * BUDGET  # both spend the budget
-    assert rows[0]["kd_epochs"] == rows[1]["kd_epochs"] == rows[2]["kd_epochs"] == 3
+    assert names[4].startswith("search best, channels ranked by group_l1")
+    # equal training: every row gets the search best's total KD epochs (its repairs x T = 1)
+    from analysis.baselines import best_search_config
+
+    client, _, _ = mlflow_runs(out, "failing")
+    _, trial = best_search_config(client, "failing", BUDGET)
+    trial_id = client.get_run(trial["run_id"]).data.tags["trial_id"]
+    plan = json.loads((out / "search" / "failing" / f"trial_{trial_id}" / "model" / "record.json").read_text())["plan"]
+    assert {row["kd_epochs"] for row in rows} == {sum(st["step"] == "kd" for st in plan)}
     assert (folder / "baselines.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

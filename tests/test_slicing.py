@@ -17,7 +17,7 @@ ARCHS = ["resnet18", "resnet34", "resnet50", "mobilenet_v2"]
 
 @pytest.mark.parametrize("arch", ARCHS)
 @settings(max_examples=3, deadline=None)
-@given(planes=st.floats(0.05, 1.0), mid=st.floats(0.05, 1.0), signal=st.sampled_from(["bn", "l1"]))
+@given(planes=st.floats(0.05, 1.0), mid=st.floats(0.05, 1.0), signal=st.sampled_from(["bn", "l1", "group_l1"]))
 def test_random_slices_keep_invariants_and_macs(arch, planes, mid, signal):
     a = get_adapter(arch)
     m = base(arch)
@@ -89,3 +89,24 @@ def test_bad_keep_fraction(bad):
         planes_widths(base("resnet18"), a, bad)
     with pytest.raises(UserError, match="keep"):
         mid_widths(base("resnet18"), a, bad)
+
+
+@pytest.mark.parametrize("arch, layer", [("resnet18", "layer1.0.conv1"), ("resnet18", "layer3.0.conv2"),
+                                         ("resnet18", "layer4.1.conv2"), ("mobilenet_v2", "features.3.conv.0.0")])
+def test_group_l1_is_torch_pruning_group_magnitude(arch, layer):
+    """Cross-check with the independent implementation: Torch-Pruning's dependency graph finds the
+    group a conv's out-channels belong to (our adapter's channel group, found another way) and its
+    GroupMagnitudeImportance(p=1) must equal our group_l1 scores for that group."""
+    tp = pytest.importorskip("torch_pruning")
+    a = get_adapter(arch)
+    m = base(arch).eval()
+    with torch.no_grad():  # distinct BN gammas and filter norms, so the ranking is not a tie
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.weight.uniform_(0.1, 2.0)
+    conv = dict(m.named_modules())[layer]
+    group = tp.DependencyGraph().build_dependency(m, torch.zeros(1, 3, 32, 32)).get_pruning_group(
+        conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
+    theirs = tp.importance.GroupMagnitudeImportance(p=1, normalizer=None)(group)
+    ours = channel_scores(m, a, [a.channel_groups(m)[layer][0]], "group_l1")
+    assert torch.allclose(next(iter(ours.values())), theirs.float(), rtol=1e-5)

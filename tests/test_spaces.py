@@ -37,7 +37,7 @@ def _raw(**params):
     (_raw(mid_keep={"low": 0.0, "high": 0.5}), "mid_keep: 0.0 is outside (0, 1]"),
     (_raw(mid_keep={"low": 0.6, "high": 0.5}), "low 0.6 must be below high 0.5"),
     (_raw(kd_lr={"low": 0.0, "high": 1e-3, "log": True}), "kd_lr: 0.0 is outside (0, inf)"),
-    (_raw(signal={"choices": ["bn", "entropy"]}), "'entropy' is not one of bn, l1, mi"),
+    (_raw(signal={"choices": ["bn", "entropy"]}), "'entropy' is not one of bn, l1, mi, group_l1"),
     (_raw(order={"choices": ["bpm", "bpx"]}), "'bpx' is not one of"),
     (_raw(qat={"choices": ["yes"]}), "'yes' is not one of"),
     (_raw(signal={"low": 0, "high": 1}), "signal is categorical"),
