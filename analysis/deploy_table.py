@@ -72,8 +72,7 @@ def main(argv=None):
         print(f"| {rec['label']} | {rec['val_top1']:.2f}% | {rec['test_top1']:.2f}% | {rec['params'] / 1e6:.3f}M | "
               f"{rec['gmacs']:.4f} | {rec.get('sparsity') or 0:.2f} | {dense / 1e6:.1f} MB | "
               f"{(small or 0) / 1e6:.1f} MB{' (INT8 .pt2)' if rec.get('int8') else ''} | "
-              f"{eager_ms} | "
-              f"{comp['bs1_ms']:.2f} ms | "
+              f"{eager_ms} | {comp['bs1_ms']:.2f} ms | "
               f"{comp['bs64_images_per_s']:.0f} img/s | {comp['backend']}, {threads} threads |", flush=True)
     return 0
 

@@ -86,13 +86,13 @@ def paper_size_config(ctx, cost, arch: str) -> tuple[dict, dict]:
                 g_share = tp.gmacs / cost.full_gmacs
                 candidates.append((abs(g_share - target["gmacs_share"]), cfg, tp.keep_cfg, g_share))
     candidates.sort(key=lambda c: c[0])
-    best = None  # params need a rebuild (slower than the cost model): only for the GMACs-closest 60
+    scored = []  # params need a rebuild (slower than the cost model): only for the GMACs-closest 60
     for g_err, cfg, keep_cfg, g_share in candidates[:60]:
         p_share = metrics.count_params(adapter.rebuild(keep_cfg, nc)) / t_params
         err = g_err / target["gmacs_share"] + abs(p_share - target["params_share"]) / target["params_share"]
-        if best is None or err < best[0]:
-            best = (err, cfg, {"params_share": p_share, "gmacs_share": g_share})
-    return {k: best[1][k] for k in ("prune_ratio", "planes_keep", "mid_keep")}, best[2]
+        scored.append((err, cfg, {"params_share": p_share, "gmacs_share": g_share}))
+    _, cfg, shares = min(scored, key=lambda c: c[0])
+    return {k: cfg[k] for k in ("prune_ratio", "planes_keep", "mid_keep")}, shares
 
 
 def stage_rows(record: dict, adapter) -> dict[str, dict]:

@@ -41,9 +41,9 @@ def group_l1_scores(model: nn.Module, adapter: Adapter, groups: list[str]) -> di
     parts: dict[str, list[torch.Tensor]] = defaultdict(list)
     for name, (g_out, g_in) in adapter.channel_groups(model).items():
         m = mods[name]
+        if getattr(m, "groups", 1) > 1 or (g_out not in groups and g_in not in groups):
+            continue  # depthwise convs do not vote, as in Torch-Pruning 1.6
         w = m.weight.detach().abs().float().cpu()
-        if getattr(m, "groups", 1) > 1:  # as Torch-Pruning 1.6: depthwise convs do not vote
-            continue
         if g_out in groups:
             parts[g_out].append(w.flatten(1).sum(1) if w.dim() > 1 else w)
         if g_in in groups and g_in != g_out and isinstance(m, (nn.Conv2d, nn.Linear)):
