@@ -9,7 +9,9 @@ start, MLflow and Optuna SQLite stores, the object-store copy of the shared inpu
 the Pareto report). The fixed part of that overhead is amortised over longer trials, so the ratio
 depends on the trial length (--kd-epochs, --steps-per-epoch).
 
-    python benchmarks/search_overhead.py --dataset digits --n 4 --kd-epochs 3 --steps-per-epoch 8
+    python benchmarks/search_overhead.py --dataset cifar100 --n 4 --kd-epochs 2 --steps-per-epoch 40 \
+        --teacher-epochs 15 --out-dir outputs          # the quick profile's trial length (README figure)
+    python benchmarks/search_overhead.py --dataset digits --n 4 --kd-epochs 3 --steps-per-epoch 20
 """
 from __future__ import annotations
 
