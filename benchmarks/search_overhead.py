@@ -78,10 +78,14 @@ def _vals(rows: list[dict]) -> str:
     return ", ".join(f"{r['val_top1']:.2f}" for r in rows)
 
 
-def timed(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+def timed(cmd: list[str]) -> tuple[float, str]:
+    """Wall seconds and stdout of ``cmd``; a failed side ends the benchmark (exit 1) with its output tail."""
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    return time.perf_counter() - t0, r
+    if r.returncode != 0:
+        print(r.stdout[-2000:], r.stderr[-2000:], file=sys.stderr)
+        sys.exit(1)
+    return time.perf_counter() - t0, r.stdout
 
 
 @cli
@@ -112,11 +116,8 @@ def main(argv=None):
     common = ["--dataset", a.dataset, "--n", str(a.n), "--kd-epochs", str(a.kd_epochs), "--steps-per-epoch",
               str(a.steps_per_epoch), "--teacher-epochs", str(a.teacher_epochs), "--budget-gmacs", str(a.budget_gmacs),
               "--threads", str(a.threads), "--out-dir", str(out)]
-    direct, r = timed([sys.executable, str(Path(__file__).resolve()), "--side", "direct", *common])
-    if r.returncode != 0:
-        print(r.stdout[-2000:], r.stderr[-2000:], file=sys.stderr)
-        return 1
-    direct_rows = json.loads(r.stdout.strip().splitlines()[-1])
+    direct, stdout = timed([sys.executable, str(Path(__file__).resolve()), "--side", "direct", *common])
+    direct_rows = json.loads(stdout.strip().splitlines()[-1])
     print(f"direct: {direct:.1f} s  (val top-1 {_vals(direct_rows)})", flush=True)
 
     points = out / "points.json"
@@ -129,10 +130,7 @@ def main(argv=None):
            "--kd-epochs", str(a.kd_epochs), "--steps-per-epoch", str(a.steps_per_epoch),
            "--cpus-per-trial", str(a.threads), "--out-dir", str(out), "--name", name,
            "--quiet"]
-    search, r = timed(cmd)
-    if r.returncode != 0:
-        print(r.stdout[-2000:], r.stderr[-2000:], file=sys.stderr)
-        return 1
+    search, _ = timed(cmd)
     rows = search_rows(out / "search" / name)
     print(f"search: {search:.1f} s  (val top-1 {_vals(rows)}, in trial-id order)")
     # Where the difference goes: the machinery around trials, or slower trials (a driver and Ray's
