@@ -64,15 +64,15 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for model, rec in models:
         d = deployment_metrics(model, a.resolution, int8=bool(rec.get("int8")), threads=threads)
-        eager = d.get("fp32_eager", {})
-        comp = d.get("int8") or d.get("fp32_compiled")
-        eager_ms = f"{eager['bs1_ms']:.2f} ms" if eager else "–"  # INT8 runs compiled only
-        dense = rec.get("size_bytes")
-        small = d.get("size_bytes") if rec.get("int8") else d.get("sparse_size_bytes")
+        eager = d["latency"].get("fp32_eager")
+        comp = d["latency"].get("int8_compiled") or d["latency"]["fp32_compiled"]
+        eager_ms = f"{eager['bs1_ms']:.2f} ms ±{eager['bs1_spread_pct']:.0f}%" if eager else "–"  # INT8: compiled only
+        small = d["size_bytes"] if rec.get("int8") else d.get("sparse_size_bytes")
+        shipped = (f"{small / 1e6:.1f} MB{' (INT8 .pt2)' if rec.get('int8') else ''}" if small is not None
+                   else f"unknown ({d['export_error']})")
         print(f"| {rec['label']} | {rec['val_top1']:.2f}% | {rec['test_top1']:.2f}% | {rec['params'] / 1e6:.3f}M | "
-              f"{rec['gmacs']:.4f} | {rec.get('sparsity') or 0:.2f} | {dense / 1e6:.1f} MB | "
-              f"{(small or 0) / 1e6:.1f} MB{' (INT8 .pt2)' if rec.get('int8') else ''} | "
-              f"{eager_ms} | {comp['bs1_ms']:.2f} ms | "
+              f"{rec['gmacs']:.4f} | {rec.get('sparsity') or 0:.2f} | {rec['size_bytes'] / 1e6:.1f} MB | {shipped} | "
+              f"{eager_ms} | {comp['bs1_ms']:.2f} ms ±{comp['bs1_spread_pct']:.0f}% | "
               f"{comp['bs64_images_per_s']:.0f} img/s | {comp['backend']}, {threads} threads |", flush=True)
     return 0
 

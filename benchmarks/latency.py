@@ -23,6 +23,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from m2mdc import metrics, quant  # noqa: E402
+from m2mdc.latency import time_forward  # noqa: E402
 from m2mdc.data import Batch  # noqa: E402
 from m2mdc.errors import Parser, UserError, cli  # noqa: E402
 from m2mdc.io import load_state_dict  # noqa: E402
@@ -119,7 +120,7 @@ def _measure(arch: str, entries: list[dict], a, device: torch.device) -> list[di
     for r in range(a.rounds):
         for i, e in enumerate(entries):
             for b in a.batch_sizes:
-                res = metrics.latency_ms(e["fn"], a.resolution, b, a.threads, a.warmup if r == 0 else 2,
+                res = time_forward(e["fn"], a.resolution, b, a.threads, a.warmup if r == 0 else 2,
                                          a.repeats, device)
                 ms[(i, b)].append(res["ms"])
     rows = []

@@ -135,12 +135,14 @@ def main(argv=None):
           f"  sparsity {record['sparsity']:.2f}  -> {folder}")
     if "deploy" in record:
         d = record["deploy"]
-        for key in ("fp32_eager", "fp32_compiled", "int8"):
-            if key in d:
-                print(f"  {key:<14} batch-1 {d[key]['bs1_ms']:.2f} ms   batch-64 {d[key]['bs64_images_per_s']:.0f} img/s"
-                      f"   ({d[key]['backend']}, {d['threads']} threads)")
-        print(f"  checkpoint {d['size_bytes'] / 1e6:.2f} MB" + (f", sparse {d['sparse_size_bytes'] / 1e6:.2f} MB"
-                                                              if d.get("sparse_size_bytes") else ""))
+        for key, t in d["latency"].items():
+            print(f"  {key:<14} batch-1 {t['bs1_ms']:.2f} ms ±{t['bs1_spread_pct']:.0f}%   batch-64 "
+                  f"{t['bs64_images_per_s']:.0f} img/s   ({t['backend']}, {d['threads']} threads)")
+        if d["size_bytes"] is None:
+            print(f"  shipped size unknown: {d['export_error']}")
+        else:
+            print(f"  {'INT8 artefact' if record['int8'] else 'checkpoint'} {d['size_bytes'] / 1e6:.2f} MB" +
+                  (f", sparse {d['sparse_size_bytes'] / 1e6:.2f} MB" if d.get("sparse_size_bytes") else ""))
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import nn
 
 from .data import Batch, Loader, Split
 from .errors import UserError, check_range
+from .io import save_tensors
 from .models.base import Adapter
 from .train import EpochLog, evaluate
 
@@ -162,17 +162,8 @@ class TeacherOutputs:
 
     def save(self, path: str | os.PathLike) -> None:
         """Written atomically: parallel trials may load the same file while it is written."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-        os.close(fd)
-        try:
-            torch.save({"logits": self.logits.cpu(), "features": self.features.cpu(),
-                        "fingerprint": self.fingerprint}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_tensors({"logits": self.logits.cpu(), "features": self.features.cpu(), "fingerprint": self.fingerprint},
+                     Path(path))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device) -> "TeacherOutputs":

@@ -59,8 +59,35 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@contextmanager
+def atomic_file(path: Path):
+    """Yield a temporary sibling path; it replaces ``path`` only if the block succeeds, so a
+    concurrent reader (parallel trials) or a crash never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
 def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def save_tensors(obj, path: Path) -> None:
+    """``torch.save``, atomically."""
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_state_dict(path: Path, what: str = "checkpoint") -> dict:

@@ -1,10 +1,8 @@
-"""Cost of a model: parameters, MACs (fvcore), checkpoint size, measured CPU latency."""
+"""Cost of a model: parameters, MACs (fvcore), checkpoint size (latency: m2mdc.latency)."""
 from __future__ import annotations
 
 import io
 import os
-import statistics
-import time
 import warnings
 from contextlib import contextmanager
 
@@ -57,34 +55,3 @@ def torch_threads(n: int | None):
 
 def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-@torch.no_grad()
-def latency_ms(model: nn.Module, resolution: int = 32, batch: int = 1, threads: int | None = None,
-               warmup: int = 10, repeats: int = 50, device: torch.device | str = "cpu") -> dict:
-    """Median wall time of one forward pass, measured (never derived from MACs).
-
-    Returns {"ms": median, "p90_ms": ..., "images_per_s": ..., "threads": n, "batch": b}.
-    """
-    threads = threads or default_threads()
-    device = torch.device(device)
-    x = torch.randn(batch, 3, resolution, resolution, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
-    with torch_threads(threads):
-        for i in range(warmup + repeats):
-            sync()
-            t0 = time.perf_counter()
-            model(x)
-            sync()
-            if i >= warmup:
-                times.append((time.perf_counter() - t0) * 1e3)
-    med = statistics.median(times)
-    times.sort()
-    return {"ms": med, "p90_ms": times[int(0.9 * (len(times) - 1))], "images_per_s": batch * 1e3 / med,
-            "threads": threads, "batch": batch}
-
-
-def cost_summary(model: nn.Module, resolution: int = 32) -> dict:
-    return {"params": count_params(model), "gmacs": gmacs(model, resolution),
-            "size_bytes": checkpoint_size(model)}

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable
@@ -20,6 +18,7 @@ import torch
 from torch import nn
 
 from .data import Batch, Loader
+from .io import write_json
 from .models import Adapter
 
 CACHE_VERSION = 1
@@ -181,19 +180,5 @@ def load_or_compute_block_scores(path: Path | None, model: nn.Module, adapter: A
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     scores = dict(block_mi_scores(model, adapter, loader, bins))
-    _write_json_atomic(path, {**key, "scores": scores})
+    write_json(path, {**key, "scores": scores})
     return scores
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    """Temp file + os.replace, so a concurrent reader or a crash never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
