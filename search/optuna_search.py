@@ -15,8 +15,12 @@ import logging
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from .outcome import COMPLETED, FAILED, INFEASIBLE, STOPPED_EARLY, trial_status
+
 logger = logging.getLogger(__name__)
 SAMPLERS = ("tpe", "nsga2", "random")
+OPTUNA_STATE = {COMPLETED: optuna.trial.TrialState.COMPLETE, INFEASIBLE: optuna.trial.TrialState.COMPLETE,
+                STOPPED_EARLY: optuna.trial.TrialState.PRUNED, FAILED: optuna.trial.TrialState.FAIL}
 
 
 def constraint_of(frozen_trial) -> tuple[float, ...]:
@@ -40,25 +44,38 @@ class ParetoSafeOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self.budget_gmacs = budget_gmacs
 
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:  # each Optuna trial names its Ray trial from the start
+            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+        return config
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials:
             return
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None:
             return
-        final = bool(result) and bool(result.get("final")) and not error
+        status = trial_status(result, error)
         ot_trial.set_user_attr("ray_trial_id", trial_id)
-        if final:
-            state = optuna.trial.TrialState.COMPLETE
+        values = None
+        if status in (COMPLETED, INFEASIBLE):
             values = [float(result.get(m, 0.0)) for m in self.metric]  # infeasible rows carry no latency
-            ot_trial.set_user_attr("constraint", [0.0 if result.get("feasible", True)
+            ot_trial.set_user_attr("constraint", [0.0 if status == COMPLETED
                                                   else float(result["sampled_gmacs"]) - self.budget_gmacs])
-            ot_trial.set_user_attr("feasible", bool(result.get("feasible", True)))
-        else:
-            state = optuna.trial.TrialState.FAIL if error else optuna.trial.TrialState.PRUNED
-            values = None
-        try:
-            self._ot_study.tell(ot_trial, values, state=state)
-        except Exception as exc:  # noqa: BLE001 - e.g. a trial Optuna already closed; never stop the search
-            logger.warning("optuna could not record trial %s: %s", trial_id, exc)
+            ot_trial.set_user_attr("feasible", status == COMPLETED)
         self._completed_trials.add(trial_id)
+        try:
+            self._ot_study.tell(ot_trial, values, state=OPTUNA_STATE[status])
+        except Exception as exc:  # noqa: BLE001 - e.g. a trial Optuna already closed, a storage error
+            try:  # never leave it RUNNING in the study
+                self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
+            except Exception:  # noqa: BLE001
+                pass
+            if error:  # Ray is failing this trial already
+                logger.error("optuna could not record failed trial %s: %s", trial_id, exc)
+                return
+            # Raising here makes Ray fail the trial (tune_controller.stop_trial catches it), so the
+            # trial shows up failed in Ray, MLflow and the tables instead of silently missing from the study.
+            raise RuntimeError(f"Optuna could not record trial {trial_id} ({type(exc).__name__}: {exc}); "
+                               f"the trial is failed rather than left out of the study") from exc

@@ -15,7 +15,8 @@ from ray.tune import Callback
 
 from m2mdc.errors import UserError
 
-STATUS_MLFLOW = {"completed": "FINISHED", "infeasible": "FINISHED", "stopped_early": "KILLED", "failed": "FAILED"}
+from .outcome import MLFLOW_RUN_STATUS, trial_status
+
 
 
 def default_uri(out_root: Path) -> str:
@@ -41,14 +42,6 @@ def check_reachable(uri: str) -> None:
             raise UserError(f"cannot create the MLflow store folder {folder} ({e.strerror}); pass --mlflow-uri") from None
     elif scheme not in ("", "file"):
         raise UserError(f"--mlflow-uri {uri!r}: use sqlite:///PATH, http(s)://HOST:PORT or a folder")
-
-
-def trial_status(result: dict | None, error: bool) -> str:
-    if error:
-        return "failed"
-    if not result or not result.get("final"):
-        return "stopped_early"
-    return "completed" if result.get("feasible", True) else "infeasible"
 
 
 def flat_config(config: dict, prefix: str = "") -> dict:
@@ -131,13 +124,14 @@ class SearchTracker:
         step = int(result.get("training_iteration", 0))
         now = int(time.time() * 1000)
         keys = ("val_top1", "gmacs", "epochs_done") if not result.get("final") else (
-            "val_top1", "test_top1", "gmacs", "params", "size_bytes", "sparsity", "latency_ms", "sampled_gmacs",
+            "val_top1", "test_top1", "gmacs", "params", "size_bytes", "sparsity", "latency_ms", "latency_spread_pct",
+            "sampled_gmacs",
             "width_scale", "train_seconds", "epochs_done")
         ms = [Metric(k, float(result[k]), now, step) for k in keys if isinstance(result.get(k), (int, float))]
         if ms:
             self.client.log_batch(run_id, metrics=ms)
         if result.get("final"):
-            for k in ("keep_cfg", "plan", "note"):
+            for k in ("keep_cfg", "plan", "note", "latency_backend", "export_error", "node"):
                 if k in result:
                     self.client.set_tag(run_id, k, str(result[k])[:5000])
             self.client.set_tag(run_id, "int8", str(bool(result.get("int8"))).lower())
@@ -150,7 +144,7 @@ class SearchTracker:
             err = trial.error_file and Path(trial.error_file)
             msg = err.read_text().strip().splitlines()[-1] if err and err.exists() else "trial raised"
             self.client.set_tag(run_id, "error", msg[:5000])
-        self.client.set_terminated(run_id, status=STATUS_MLFLOW[status])
+        self.client.set_terminated(run_id, status=MLFLOW_RUN_STATUS[status])
 
     def finish(self, rows: list[dict], front_ids: set[str], parent_files: list[Path], metrics: dict,
                status: str = "FINISHED") -> None:

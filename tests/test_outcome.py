@@ -1,0 +1,85 @@
+"""How trials end: one status rule; a failed Optuna tell fails the trial visibly; ASHA rungs survive a restore."""
+import pickle
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from ray import tune
+
+from search.early_stop import CollapseStoppingASHA
+from search.optuna_search import ParetoSafeOptunaSearch, make_sampler
+from search.outcome import trial_status
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.mark.parametrize("last, error, want", [
+    ({"final": True, "feasible": True}, False, "completed"),
+    ({"final": True, "feasible": False}, False, "infeasible"),
+    ({"final": True}, False, "completed"),
+    ({"final": False}, False, "stopped_early"),
+    (None, False, "stopped_early"),
+    ({"final": True}, True, "failed"),
+    (None, True, "failed"),
+])
+def test_trial_status_rule(last, error, want):
+    assert trial_status(last, error) == want
+
+
+def test_a_failed_tell_fails_the_trial_instead_of_dropping_it():
+    s = ParetoSafeOptunaSearch(space={"x": tune.uniform(0, 1)}, metric=["val_top1", "gmacs"], mode=["max", "min"],
+                               sampler=make_sampler("random", 0), budget_gmacs=0.02)
+    s.suggest("t1")
+    real_tell = s._ot_study.tell
+
+    def tell(trial, values=None, state=None):
+        if state == optuna.trial.TrialState.COMPLETE:
+            raise ValueError("storage is read-only")
+        return real_tell(trial, values, state=state)
+
+    s._ot_study.tell = tell
+    with pytest.raises(RuntimeError, match="Optuna could not record trial t1 .*storage is read-only"):
+        s.on_trial_complete("t1", {"val_top1": 50.0, "gmacs": 0.01, "final": True, "feasible": True})
+    (trial,) = s._ot_study.trials
+    assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs["ray_trial_id"] == "t1"
+    s.on_trial_complete("t1", error=True)  # Ray then reports the trial failed: nothing more happens
+    assert len(s._ot_study.trials) == 1
+
+
+def _scheduler(path):
+    return CollapseStoppingASHA(time_attr="training_iteration", metric="val_top1", mode="max", max_t=11,
+                                grace_period=2, reduction_factor=3, stop_fraction=0.5, min_recorded=2,
+                                state_path=path)
+
+
+def _feed(sched, trial_id, value, iteration=2):
+    trial = SimpleNamespace(trial_id=trial_id)
+    if trial_id not in sched._trial_info:
+        sched.on_trial_add(None, trial)
+    return sched.on_trial_result(None, trial, {"training_iteration": iteration, "val_top1": value})
+
+
+def test_asha_rungs_survive_a_restore(tmp_path):
+    """Ray restores the scheduler as pickled when the search began (empty rungs, ray#30838): the
+    rungs written to state_path make the restored one decide as the uninterrupted one does."""
+    path = tmp_path / "rungs.json"
+    pickled_at_start = pickle.dumps(_scheduler(path))
+    uninterrupted = _scheduler(tmp_path / "other.json")
+    live = pickle.loads(pickled_at_start)
+    for tid, v in [("a", 60.0), ("b", 70.0)]:
+        assert _feed(uninterrupted, tid, v) == _feed(live, tid, v) == "CONTINUE"
+    restored = pickle.loads(pickled_at_start)  # what Tuner.restore hands back
+    assert _feed(uninterrupted, "c", 10.0) == "STOP"
+    assert _feed(restored, "c", 10.0) == "STOP"  # without the saved rungs: 1 recorded < min_recorded -> CONTINUE
+    assert restored.rungs() == uninterrupted.rungs()
+    fresh = _scheduler(None)  # no state_path: nothing is written or read
+    assert _feed(fresh, "c", 10.0) == "CONTINUE"
+
+
+def test_rungs_of_another_schedule_are_refused(tmp_path):
+    path = tmp_path / "rungs.json"
+    _feed(_scheduler(path), "a", 50.0)
+    other = CollapseStoppingASHA(time_attr="training_iteration", metric="val_top1", mode="max", max_t=30,
+                                 grace_period=5, reduction_factor=2, state_path=path)
+    with pytest.raises(ValueError, match="another schedule"):
+        other.on_trial_add(None, SimpleNamespace(trial_id="x"))
