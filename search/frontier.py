@@ -16,7 +16,6 @@ import csv
 import json
 import math
 import os
-import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -82,23 +81,13 @@ def build_parser() -> Parser:
     o.add_argument("--max-concurrent", type=int, default=1, help="trials at once (default 1)")
     o.add_argument("--cpus-per-trial", type=int, default=None, help="default: all CPUs of this machine")
     o.add_argument("--gpus-per-trial", type=float, default=0.0, help="default 0 (set 1 on a GPU machine)")
-    o.add_argument("--address", default=None, help="join an existing Ray cluster (host:port or auto); "
-                   "artefacts must then live on storage every node sees (--out-dir)")
+    o.add_argument("--address", default=None, help="join an existing Ray cluster (HOST:PORT, auto or ray://...; "
+                   "default: $RAY_ADDRESS, else a private local instance on 127.0.0.1); artefacts must then live on "
+                   "storage every node sees (--out-dir)")
     o.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default sqlite:///OUT/mlflow.db)")
     o.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (on 127.0.0.1)")
     o.add_argument("--quiet", action="store_true", help="no per-epoch lines from trials")
     return p
-
-
-def _check_address(address: str | None) -> None:
-    if not address or address == "auto" or address.startswith("ray://"):
-        return
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
-            pass
-    except (OSError, ValueError):
-        raise UserError(f"Ray cluster {address} is unreachable; start it (ray start --head) or drop --address") from None
 
 
 def _load_points(path: str | None, space) -> list[dict]:
@@ -145,14 +134,16 @@ def summarise_config(cfg: dict) -> str:
 
 
 def collect_rows(results, tracker) -> list[dict]:
-    """One row per trial of the experiment: its status and final (or last) metrics."""
-    tracker.refresh()
-    status_by_run = {r.data.tags.get("trial_id"): r.data.tags.get("status") for r in tracker.child_runs()}
+    """One row per trial of the experiment: its status (the one rule, on Ray's record of the trial)
+    and final (or last) metrics."""
+    from search.outcome import trial_status
+
+    tracker.refresh()  # the MLflow run ids of trials logged before a resume
     rows = []
     for res in results:
         m = dict(res.metrics or {})
         tid = m.get("trial_id") or Path(res.path).name.removeprefix("trial_")
-        status = status_by_run.get(tid) or "pending"  # the callback tags every trial it saw start and end
+        status = trial_status(m, res.error is not None)
         rows.append({"trial_id": tid, "status": status, "config": res.config, **{
             k: m.get(k) for k in ("val_top1", "test_top1", "gmacs", "params", "size_bytes", "latency_ms",
                                   "sampled_gmacs", "width_scale", "int8", "sparsity", "epochs_done", "keep_cfg")},
@@ -243,7 +234,10 @@ def main(argv=None):
 
     mlflow_uri = a.mlflow_uri or default_uri(root)
     check_reachable(mlflow_uri)
-    _check_address(a.address)
+    from search.ray_cluster import check_reachable as check_ray, requested_address
+
+    a.address = requested_address(a.address)
+    check_ray(a.address)
     return run_search(a, prof, space, points, ds, recipe, root, name, exp_dir, identity, meta, mlflow_uri,
                       num_samples, kd_epochs, steps, cpus)
 
@@ -261,6 +255,7 @@ def run_search(a, prof, space, points, ds, recipe, root, name, exp_dir, identity
     from m2mdc.slicing import channel_scores
     from search.optuna_search import ParetoSafeOptunaSearch, make_sampler
     from search.pareto import OBJECTIVES, frontier_plot, non_dominated
+    from search.ray_cluster import start_or_join
     from m2mdc.io import write_json
     from search.tracking import SearchTracker, TrialLogger
     from search.trainable import SearchSetup, SharedSetup, compression_trial
@@ -269,6 +264,16 @@ def run_search(a, prof, space, points, ds, recipe, root, name, exp_dir, identity
     print(f"{ds.describe()}; device {device}; space {space.source} ({space.mode}); budget {a.budget_gmacs:g} GMACs; "
           f"profile {a.profile}: {num_samples} trials, KD T={kd_epochs}"
           f"{f', {steps} batches/epoch' if steps else ''}", flush=True)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state saved often: resume loses little
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ray first: a cluster that cannot be joined fails before any teacher training. Its start is mostly
+    # waiting for daemons: import MLflow and open an existing store meanwhile (~2 s of driver CPU; a
+    # store that does not exist yet is not created, so a failed start leaves nothing behind).
+    with ThreadPoolExecutor(1) as pool:
+        store_ready = pool.submit(warm_store, mlflow_uri, name)
+        print(start_or_join(a.address, os.cpu_count() or 1, None, a.dashboard), flush=True)
+        store_ready.result()
+
     # Shared inputs, built once: teacher (cached), teacher outputs, MI block scores, channel scores.
     ctx = prepare_context(a.arch, ds, recipe, device, a.out_dir, quiet=a.quiet)
     t = ctx.teacher_record
@@ -290,20 +295,6 @@ def run_search(a, prof, space, points, ds, recipe, root, name, exp_dir, identity
                         probe_samples=prof.probe_samples, channel_scores=ch_scores,
                         measure_latency="latency_ms" in objectives, threads=max(1, int(cpus)),
                         use_gpu=a.gpus_per_trial > 0, quiet=a.quiet, trials_dir=str(exp_dir))
-
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state saved often: resume loses little
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Ray's start is mostly waiting for its daemons: open the MLflow store meanwhile (its imports and
-    # schema check are ~2 s of driver CPU; read-only, so a failed start leaves nothing behind).
-    with ThreadPoolExecutor(1) as pool:
-        store_ready = pool.submit(warm_store, mlflow_uri, name)
-        try:
-            ray.init(address=a.address, include_dashboard=a.dashboard, dashboard_host="127.0.0.1",
-                     num_cpus=None if a.address else (os.cpu_count() or 1), logging_level="ERROR",
-                     ignore_reinit_error=True, configure_logging=True)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise UserError(f"cannot start or join Ray ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-        store_ready.result()
 
     tracker = SearchTracker(mlflow_uri, name, root / "mlartifacts")
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -341,7 +332,7 @@ def run_search(a, prof, space, points, ds, recipe, root, name, exp_dir, identity
             scheduler = FIFOScheduler() if a.no_asha else CollapseStoppingASHA(
                 time_attr="training_iteration", metric="val_top1", mode="max", max_t=reports,
                 grace_period=min(kd_epochs, reports), reduction_factor=3, stop_fraction=a.stop_fraction,
-                min_recorded=a.asha_min_trials)
+                min_recorded=a.asha_min_trials, state_path=exp_dir / "asha-rungs.json")
             tuner = tune.Tuner(trainable, param_space=space.param_space(), run_config=run_config,
                                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                                            num_samples=num_samples,
@@ -349,13 +340,13 @@ def run_search(a, prof, space, points, ds, recipe, root, name, exp_dir, identity
                                                            reuse_actors=True,
                                                            trial_dirname_creator=lambda tr: f"trial_{tr.trial_id}"))
         results = tuner.fit()
-        rows = collect_rows(results, tracker)
-        unfinished = [r for r in rows if r["status"] in ("pending", "running")]
-        if unfinished or len(rows) < num_samples:
+        ended = results.num_terminated + results.num_errors
+        if ended < num_samples:
             status = "KILLED"
-            print(f"search interrupted with {len(rows) - len(unfinished)} of {num_samples} trials finished; "
+            print(f"search interrupted with {ended} of {num_samples} trials finished; "
                   f"continue with the same command plus --resume", file=sys.stderr)
             return 130
+        rows = collect_rows(results, tracker)
         done = [r for r in rows if r["status"] == "completed"]
         front = non_dominated(done, objectives)
         front_ids = {r["trial_id"] for r in front}
@@ -381,8 +372,13 @@ def run_search(a, prof, space, points, ds, recipe, root, name, exp_dir, identity
 
 
 def warm_store(uri: str, experiment: str) -> None:
+    """Import MLflow and open an existing store while Ray starts. A SQLite store that does not exist
+    yet is not opened (opening creates it), so a search that then fails to start writes nothing."""
     from mlflow.tracking import MlflowClient
 
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - the import is most of the cost
+        return
     MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
 
 

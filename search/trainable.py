@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from m2mdc import metrics
 from m2mdc.cost import CostModel
 from m2mdc.data import Loader
 from m2mdc.pipeline import Context, run_plan, save_result
@@ -155,31 +154,25 @@ def run_trial(config: dict, setup: SearchSetup, report=_report, out_dir: Path | 
              "epochs_done": epochs_done, "keep_cfg": json.dumps(record["keep_cfg"], sort_keys=True),
              "plan": json.dumps([s["step"] for s in tp.plan])}
     if record["int8"]:  # what ships is the converted torch.export program, not the FP32 state_dict
-        from m2mdc.deploy import export_bytes
+        from m2mdc.deploy import shipped_size
 
-        final["size_bytes"] = export_bytes(model, ctx.ds.resolution) or final["size_bytes"]
+        final["size_bytes"], export_error = shipped_size(model, ctx.ds.resolution)
+        if export_error:
+            final["export_error"] = export_error
     if setup.measure_latency:
-        final["latency_ms"] = _latency_ms(model, ctx.ds.resolution, record["int8"], setup.threads)
+        from m2mdc.latency import shipped_latency
+
+        t = shipped_latency(model, ctx.ds.resolution, record["int8"], batch=1, threads=setup.threads)
+        final.update(latency_ms=t["ms"], latency_spread_pct=t["spread_pct"], latency_backend=t["backend"])
     if out_dir is not None:
         save_result(model, {**record, "search_config": config}, Path(out_dir) / "model")
     report(final)
     return final
 
 
-def _latency_ms(model, resolution: int, int8: bool, threads: int) -> float:
-    """Batch-1 CPU latency of what would ship: compiled FP32 or compiled INT8 (same backend family)."""
-    import copy
-
-    from m2mdc import quant
-
-    cpu_model = model if int8 else copy.deepcopy(model).cpu().eval()
-    fn, _backend = quant.compile_for_cpu(cpu_model, torch.zeros(1, 3, resolution, resolution))
-    with torch.no_grad():
-        return metrics.latency_ms(fn, resolution, batch=1, threads=threads, repeats=30)["ms"]
-
-
 def compression_trial(config: dict, shared: SharedSetup) -> None:
     """Ray Tune function trainable (``tune.with_parameters(compression_trial, shared=SharedSetup(setup))``)."""
+    import ray
     from ray import tune
 
     setup = shared.get()
@@ -188,4 +181,9 @@ def compression_trial(config: dict, shared: SharedSetup) -> None:
     # (seen with Ray 2.60): address the folder by trial id instead.
     folder = (Path(setup.trials_dir) / f"trial_{context.get_trial_id()}" if setup.trials_dir
               else Path(context.get_trial_dir()))
-    run_trial(config, setup, out_dir=folder)
+    node = ray.get_runtime_context().get_node_id()  # recorded: which machine of a cluster ran the trial
+
+    def report(row: dict) -> None:
+        _report({**row, "node": node} if row.get("final") else row)
+
+    run_trial(config, setup, report=report, out_dir=folder)

@@ -76,6 +76,8 @@ def check_search(out: Path, name: str, n_trials: int):
     rows = [{"id": c.data.tags["trial_id"], **c.data.metrics} for c in done]
     assert tagged == {r["id"] for r in non_dominated(rows, ("val_top1", "gmacs"))}
     study = optuna_trials(out, name)
+    ray_ids = [t.user_attrs.get("ray_trial_id") for t in study.trials]
+    assert len(ray_ids) == len(set(ray_ids)) == n_trials, ray_ids  # one Optuna trial per Ray trial, none twice
     states = {t.user_attrs.get("ray_trial_id"): t.state for t in study.trials}
     assert {t.user_attrs["ray_trial_id"] for t in study.best_trials} == tagged  # Optuna's own front agrees
     by_status = {c.data.tags["trial_id"]: c.data.tags["status"] for c in children}
@@ -167,6 +169,50 @@ def test_resume_after_interrupt_runs_no_trial_twice(out):
     for c in children:  # trials finished before the interrupt were not run again
         if c.data.tags["trial_id"] in finished:
             assert c.info.end_time == finished[c.data.tags["trial_id"]]
+
+
+def _interrupt_after_one_trial(cmd: list[str], out: Path, experiment: str) -> None:
+    log_file = out / f"{experiment}.log"  # a file, not a pipe: an unread pipe that fills would stall the search
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log_file.open("w"), stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not finished_in_mlflow(out / "mlflow.db", experiment):
+        assert proc.poll() is None, log_file.read_text()[-3000:]
+        time.sleep(1)
+    proc.send_signal(signal.SIGINT)  # Ctrl+C: Ray Tune saves the experiment and stops
+    proc.wait(timeout=300)
+    assert proc.returncode == 130, log_file.read_text()[-3000:]
+
+
+# A configuration that is ahead at the first rung, then three that train identically (KD T=1: epoch 1
+# is pure CE, so beta does not act) and fall behind it there: an uninterrupted search with the eager cut
+# stops all three; a resumed one that forgot the first trial's rung value would let one of them run on.
+ASHA_POINTS = [
+    {"prune_ratio": r, "planes_keep": {s: 0.9 for s in ("layer1", "layer2", "layer3", "layer4")}, "mid_keep": m,
+     "order": "bpm", "signal": "bn", "alpha": 0.1, "beta": b, "kd_lr": 1e-4, "sparsity": 0.0}
+    for r, m, b in [(0.74, 0.5, 0.1), (0.0, 0.9, 0.1), (0.0, 0.9, 0.2), (0.0, 0.9, 0.3)]]
+
+
+def test_resume_stops_the_same_trials_as_an_uninterrupted_search(out, tmp_path):
+    """Ray does not restore a scheduler on resume (ray#30838); the persisted rungs must make an
+    interrupted + resumed search stop exactly the trials an uninterrupted one stops."""
+    points = tmp_path / "points.json"
+    points.write_text(json.dumps(ASHA_POINTS))
+    args = ["--space", str(LEAN), "--points", str(points), "--num-samples", "4", "--stop-fraction", "0.9",
+            "--asha-min-trials", "1", "--cpus-per-trial", "1"]
+    frontier(out, *args, "--name", "asha-whole")
+    cmd = [sys.executable, "search/frontier.py", "--budget-gmacs", str(BUDGET), "--profile", "smoke", "--dataset",
+           "digits", "--out-dir", str(out), *args, "--name", "asha-resumed"]
+    _interrupt_after_one_trial(cmd, out, "asha-resumed")
+    frontier(out, *args, "--name", "asha-resumed", "--resume")
+
+    def statuses(name):
+        children, by_status = check_search(out, name, 4)
+        return {(c.data.params["prune_ratio"], c.data.params["beta"]): by_status[c.data.tags["trial_id"]]
+                for c in children}
+
+    whole, resumed = statuses("asha-whole"), statuses("asha-resumed")
+    assert "stopped_early" in whole.values(), whole  # the scenario exercises the cut
+    assert resumed == whole
 
 
 @pytest.mark.parametrize("args, words", [
