@@ -165,6 +165,9 @@ def main(argv=None):
     test = Loader(ds.test, 512, device, resolution=ds.resolution)
     rows = []
 
+    def trained(record: dict) -> int:  # KD epochs the plan actually ran, read off its record
+        return sum(r["epochs_trained"] for r in record["steps"] if r["step"] == "kd")
+
     def add(name, model, record_or_none, epochs, seconds, note=""):
         int8 = bool(record_or_none and record_or_none.get("int8"))
         rows.append({"baseline": name, "val_top1": record_or_none["val_top1"] if record_or_none else
@@ -193,7 +196,7 @@ def main(argv=None):
         plan = [{"step": "widths", "keep_cfg": both, "signal": "bn"}, {"step": "kd", **{k: v for k, v in
                                                                                    tp_.plan[-1].items() if k != "step"}}]
         _, rec = run_plan(plan, ctx, quiet=True)
-        add("uniform width", None, rec, total, time.perf_counter() - t0, f"scale {tp_.width_scale:.3f}")
+        add("uniform width", None, rec, trained(rec), time.perf_counter() - t0, f"scale {tp_.width_scale:.3f}")
     if "torch-pruning" in rows_wanted:
         try:
             import torch_pruning  # noqa: F401
@@ -202,16 +205,16 @@ def main(argv=None):
             student, keep, ratio = torch_pruning_student(ctx.teacher, a.budget_gmacs, ds.resolution)
             student = student.to(device)
             cfg = KDConfig(epochs=total, steps_per_epoch=kd["steps_per_epoch"])
-            distill(student, ctx.teacher, adapter, ds.train, ds.val, cfg, device, ctx.get_teacher_outputs(),
-                    feature_index=keep, quiet=True, resolution=ds.resolution)
-            add("Torch-Pruning (L1 group, uniform ratio)", student, None, total, time.perf_counter() - t0,
+            log = distill(student, ctx.teacher, adapter, ds.train, ds.val, cfg, device, ctx.get_teacher_outputs(),
+                          feature_index=keep, quiet=True, resolution=ds.resolution)
+            add("Torch-Pruning (L1 group, uniform ratio)", student, None, len(log), time.perf_counter() - t0,
                 f"ratio {ratio:.3f}")
         except ImportError:
             rows.append({"baseline": "Torch-Pruning", "note": "not installed: pip install -e '.[baselines]'"})
     if "m2mdc-defaults" in rows_wanted:
         t0 = time.perf_counter()
         _, rec = run_plan(split_epochs(m2mdc_plan(0.5, 0.5, 0.5, **kd), total), ctx, quiet=True)
-        add("M2M-DC defaults (r 0.5, planes 0.5, mid 0.5)", None, rec, total, time.perf_counter() - t0)
+        add("M2M-DC defaults (r 0.5, planes 0.5, mid 0.5)", None, rec, trained(rec), time.perf_counter() - t0)
     if best is not None:
         config, trial = best
         for signal in dict.fromkeys([config["signal"]] + (["group_l1"] if a.group_l1 else [])):
@@ -222,7 +225,7 @@ def main(argv=None):
             label = f"search best ({a.experiment}, run {trial['run_id'][:8]})"
             if signal != config["signal"]:
                 label = f"search best, channels ranked by group_l1 instead of {config['signal']}"
-            add(label, None, rec, total, time.perf_counter() - t0,
+            add(label, None, rec, trained(rec), time.perf_counter() - t0,
                 f"in the search: val {trial['val_top1']:.2f}%" if signal == config["signal"] else "")
     folder = ensure_writable(root / "baselines") / f"{a.arch}-{ds.name}-b{a.budget_gmacs:g}"
     folder.mkdir(parents=True, exist_ok=True)

@@ -381,9 +381,11 @@ def run_plan(plan: list[dict], ctx: Context, on_epoch: StepHook | None = None, q
         spec = STEPS[step["step"]]
         params = {k: v for k, v in step.items() if k != "step"}
         t0 = time.perf_counter()
+        epochs_run = [0]  # what this step actually trained (records say what was trained, not what was asked)
         if spec.name in TRAINING_STEPS:
             def hook(row, i=i, name=spec.name, cost=shape["gmacs"]):
                 nonlocal stopped
+                epochs_run[0] += 1
                 stop = on_epoch({**row, "step_index": i, "step": name, "gmacs": cost}) if on_epoch else None
                 stopped = stopped or bool(stop)
                 return stop
@@ -398,6 +400,8 @@ def run_plan(plan: list[dict], ctx: Context, on_epoch: StepHook | None = None, q
                "val_top1": evaluate(state.model, val_loader),
                "test_top1": evaluate(state.model, test_loader) if eval_test else None,
                "params_count": shape["params"], "gmacs": shape["gmacs"], "keep_cfg": shape["keep_cfg"]}
+        if spec.name in TRAINING_STEPS:
+            row["epochs_trained"] = epochs_run[0]
         if state.sparsity is not None:
             row["sparsity"] = _achieved_sparsity(state)
         rows.append(row)

@@ -50,12 +50,45 @@ def test_bn_signal_keeps_largest_gammas():
 
 
 def test_mi_signal_runs_on_probe(digits):
+    """The mi signal equals an independent computation: each writing BN's spatially pooled output over
+    the probe, per-channel quantile bins (numpy), sklearn's mutual_info_score with the labels, each
+    module's scores divided by their mean, summed over the group's writers."""
+    import numpy as np
+    from sklearn.metrics import mutual_info_score
+
     a = get_adapter("resnet18")
+    torch.manual_seed(0)
     m = a.base_model(10).eval()
     probe = probe_loader(digits, "cpu", max_samples=256)
     sc = channel_scores(m, a, ["planes:layer2", "mid:layer2.1"], "mi", probe)
     assert sc["planes:layer2"].shape == (128,) and sc["mid:layer2.1"].shape == (128,)
     assert (sc["planes:layer2"] >= 0).all()
+    writers = {"planes:layer2": ["layer2.0.bn2", "layer2.0.downsample.1", "layer2.1.bn2"],
+               "mid:layer2.1": ["layer2.1.bn1"]}
+    pooled = {n: [] for ns in writers.values() for n in ns}
+    hooks = [m.get_submodule(n).register_forward_hook(
+        lambda _m, _i, out, n=n: pooled[n].append(out.detach().mean((2, 3)))) for n in pooled]
+    labels = []
+    with torch.no_grad():
+        for b in probe:
+            m(b.x)
+            labels.append(b.y)
+    for h in hooks:
+        h.remove()
+    y = torch.cat(labels).numpy()
+
+    def channel_mi(z: np.ndarray) -> np.ndarray:
+        out = []
+        for c in range(z.shape[1]):
+            edges = np.quantile(z[:, c], np.arange(1, 10) / 10)
+            out.append(mutual_info_score(y, np.searchsorted(edges, z[:, c], side="right")))
+        return np.array(out)
+
+    for group, names in writers.items():
+        want = sum(torch.from_numpy(v / max(v.mean(), 1e-12)) for v in
+                   (channel_mi(torch.cat(pooled[n]).double().numpy()) for n in names))
+        assert torch.allclose(sc[group].double(), want, rtol=1e-4, atol=1e-6), group
+    assert sc["planes:layer2"].std() > 0  # a real ranking, not a constant
 
 
 def test_top_k_is_deterministic_with_ties():

@@ -94,4 +94,5 @@ def test_cli_trains_then_hits_cache(tmp_path):
     assert r1.returncode == 0, r1.stderr
     assert "(trained)" in r1.stdout and "test top-1" in r1.stdout
     r2 = _cli(*args, env_out=tmp_path / "o")
+    assert r2.returncode == 0, r2.stderr
     assert "(cache hit)" in r2.stdout
