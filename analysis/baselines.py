@@ -22,7 +22,6 @@ the last). The table lists every row's epochs.
 from __future__ import annotations
 
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,8 +29,8 @@ from pathlib import Path
 import torch
 
 from m2mdc.errors import Parser, UserError, check_range, cli
-from m2mdc.io import ensure_writable, out_root
-from m2mdc.teacher import add_data_args, add_teacher_args, recipe_from_args
+from m2mdc.io import ensure_writable, out_root, write_json, write_text
+from m2mdc.cli.args import add_data_args, add_teacher_args, recipe_from_args
 
 
 def _typed(v: str):
@@ -74,18 +73,21 @@ def split_epochs(plan: list[dict], total: int) -> list[dict]:
     return plan
 
 
-def torch_pruning_student(teacher, budget: float, resolution: int):
+def torch_pruning_student(teacher, adapter, budget: float, resolution: int):
     """Torch-Pruning L1 group pruning with one uniform ratio, bisected to the largest model within
-    budget. Returns (student, kept teacher phi channels, ratio)."""
+    budget. Returns (student, kept teacher phi channels, ratio). The adapter names the head (kept
+    whole) and the channel group that feeds it, whose pruned indices the history records."""
     import torch_pruning as tp
 
     from m2mdc import metrics
+
+    head = adapter.head_name
 
     def prune(ratio):
         m = copy.deepcopy(teacher).cpu().eval()
         pruner = tp.pruner.MetaPruner(m, torch.zeros(1, 3, resolution, resolution),
                                       importance=tp.importance.GroupMagnitudeImportance(p=1), pruning_ratio=ratio,
-                                      ignored_layers=[m.fc], global_pruning=False, iterative_steps=1)
+                                      ignored_layers=[m.get_submodule(head)], global_pruning=False, iterative_steps=1)
         pruner.step()
         return m, pruner.pruning_history()
 
@@ -99,13 +101,16 @@ def torch_pruning_student(teacher, budget: float, resolution: int):
         else:
             lo = mid
     student, history = prune(hi)
-    full = teacher.fc.in_features
+    groups = adapter.channel_groups(teacher)
+    phi = groups[head][1]
+    writers = {name for name, (g_out, _) in groups.items() if g_out == phi}
+    full = teacher.get_submodule(head).in_features
     removed: set[int] = set()
-    for name, is_out, idxs in history:  # the group that feeds the head: layer4's residual stream
-        if is_out and name.startswith("layer4.0.downsample"):
+    for name, is_out, idxs in history:  # the group that feeds the head
+        if is_out and name in writers:
             removed = set(int(i) for i in idxs)
     keep = torch.tensor([i for i in range(full) if i not in removed], dtype=torch.long)
-    if len(keep) != student.fc.in_features:
+    if len(keep) != student.get_submodule(head).in_features:
         raise RuntimeError("could not recover which teacher features the pruned model keeps")
     return student, keep, hi
 
@@ -141,13 +146,14 @@ def main(argv=None):
     recipe = recipe_from_args(a)
     rows_wanted = (a.only or "uniform,torch-pruning,m2mdc-defaults,search-best").split(",")
     from m2mdc import metrics
-    from m2mdc.cost import CostModel
+    from m2mdc.compiler import compile_config, target_of
+    from m2mdc.context import prepare_context
     from m2mdc.data import Loader, load_dataset
     from m2mdc.device import pick_device
     from m2mdc.distill import KDConfig, distill
-    from m2mdc.pipeline import m2mdc_plan, prepare_context, run_plan
+    from m2mdc.knobs import setting_config
+    from m2mdc.runner import run_plan
     from m2mdc.train import evaluate
-    from search.trial_plan import build_trial_plan
     from search.tracking import default_uri
 
     root = out_root(a.out_dir)
@@ -159,9 +165,8 @@ def main(argv=None):
     device = pick_device(a.device)
     ds = load_dataset(a.dataset, a.data_dir, a.resolution, a.val_size, a.split_seed)
     ctx = prepare_context(a.arch, ds, recipe, device, a.out_dir)
-    adapter, cost = ctx.adapter, CostModel(ctx.adapter, ds.num_classes, ds.resolution)
+    adapter, target = ctx.adapter, target_of(ctx)
     kd = {"epochs": a.kd_epochs, "steps_per_epoch": a.steps_per_epoch or None}
-    scores = ctx.get_block_scores(10, 5000)
     test = Loader(ds.test, 512, device, resolution=ds.resolution)
     rows = []
 
@@ -182,16 +187,12 @@ def main(argv=None):
 
     search_plan = None
     if best is not None:
-        search_plan = build_trial_plan(best[0], adapter=adapter, teacher=ctx.teacher, cost=cost,
-                                       budget_gmacs=a.budget_gmacs, block_scores=scores, kd=kd)
+        search_plan = compile_config(best[0], target, budget_gmacs=a.budget_gmacs, training=kd)
     total = search_plan.kd_steps * a.kd_epochs if search_plan else 3 * a.kd_epochs  # E: every row's KD epochs
-    base_cfg = {"alpha": 0.1, "beta": 0.1, "kd_lr": 1e-4, "kl_weight": 0.0, "qat": False, "sparsity": 0.0,
-                "signal": "bn", "order": "bpm"}
     if "uniform" in rows_wanted:
         t0 = time.perf_counter()
-        tp_ = build_trial_plan({**base_cfg, "prune_ratio": 0.0, "planes_keep": 1.0, "mid_keep": 1.0}, adapter=adapter,
-                               teacher=ctx.teacher, cost=cost, budget_gmacs=a.budget_gmacs, block_scores=scores,
-                               kd={**kd, "epochs": total})
+        full = setting_config({"block_prune.ratio": 0.0, "planes.keep": 1.0, "mid.keep": 1.0})
+        tp_ = compile_config(full, target, budget_gmacs=a.budget_gmacs, training={**kd, "epochs": total})
         both = {"planes": tp_.keep_cfg["planes"], "mid": tp_.keep_cfg["mid"]}
         plan = [{"step": "widths", "keep_cfg": both, "signal": "bn"}, {"step": "kd", **{k: v for k, v in
                                                                                    tp_.plan[-1].items() if k != "step"}}]
@@ -202,7 +203,7 @@ def main(argv=None):
             import torch_pruning  # noqa: F401
 
             t0 = time.perf_counter()
-            student, keep, ratio = torch_pruning_student(ctx.teacher, a.budget_gmacs, ds.resolution)
+            student, keep, ratio = torch_pruning_student(ctx.teacher, adapter, a.budget_gmacs, ds.resolution)
             student = student.to(device)
             cfg = KDConfig(epochs=total, steps_per_epoch=kd["steps_per_epoch"])
             log = distill(student, ctx.teacher, adapter, ds.train, ds.val, cfg, device, ctx.get_teacher_outputs(),
@@ -213,20 +214,22 @@ def main(argv=None):
             rows.append({"baseline": "Torch-Pruning", "note": "not installed: pip install -e '.[baselines]'"})
     if "m2mdc-defaults" in rows_wanted:
         t0 = time.perf_counter()
-        _, rec = run_plan(split_epochs(m2mdc_plan(0.5, 0.5, 0.5, **kd), total), ctx, quiet=True)
+        paper = compile_config({}, target, recipe="m2mdc", training=kd).plan  # the recipe's defaults: 0.5 / 0.5 / 0.5
+        _, rec = run_plan(split_epochs(paper, total), ctx, quiet=True)
         add("M2M-DC defaults (r 0.5, planes 0.5, mid 0.5)", None, rec, trained(rec), time.perf_counter() - t0)
     if best is not None:
         config, trial = best
-        for signal in dict.fromkeys([config["signal"]] + (["group_l1"] if a.group_l1 else [])):
+        signal_knob = setting_config({"widths.signal": None})
+        (knob,) = signal_knob
+        for signal in dict.fromkeys([config[knob]] + (["group_l1"] if a.group_l1 else [])):
             t0 = time.perf_counter()
-            plan = search_plan.plan if signal == config["signal"] else [
-                {**st, "signal": signal} if "signal" in st else st for st in search_plan.plan]
+            plan = compile_config({**config, knob: signal}, target, budget_gmacs=a.budget_gmacs, training=kd).plan
             _, rec = run_plan(plan, ctx, quiet=True)
             label = f"search best ({a.experiment}, run {trial['run_id'][:8]})"
-            if signal != config["signal"]:
-                label = f"search best, channels ranked by group_l1 instead of {config['signal']}"
+            if signal != config[knob]:
+                label = f"search best, channels ranked by group_l1 instead of {config[knob]}"
             add(label, None, rec, trained(rec), time.perf_counter() - t0,
-                f"in the search: val {trial['val_top1']:.2f}%" if signal == config["signal"] else "")
+                f"in the search: val {trial['val_top1']:.2f}%" if signal == config[knob] else "")
     folder = ensure_writable(root / "baselines") / f"{a.arch}-{ds.name}-b{a.budget_gmacs:g}"
     folder.mkdir(parents=True, exist_ok=True)
     lines = ["| baseline | val top-1 | test top-1 | GMACs | params | KD epochs | time | note |",
@@ -241,8 +244,8 @@ def main(argv=None):
         lines.append(f"| {r['baseline']}{' (INT8)' if r['int8'] else ''} | {r['val_top1']:.2f}% | {r['test_top1']:.2f}% | {r['gmacs']:.4f} | "
                      f"{r['params'] / 1e6:.3f}M | {r['kd_epochs']} | {r['minutes']:.1f} min | {r['note']} |")
     md = "\n".join(lines) + "\n"
-    (folder / "baselines.md").write_text(md)
-    (folder / "baselines.json").write_text(json.dumps(rows, indent=2))
+    write_text(folder / "baselines.md", md)
+    write_json(folder / "baselines.json", rows)
     plot(rows, t, a.budget_gmacs, folder / "baselines.png", f"baselines at {a.budget_gmacs:g} GMACs ({a.arch} / {ds.name})")
     print(md)
     print(f"-> {folder}")

@@ -3,7 +3,7 @@
     python analysis/deploy_table.py --teacher outputs/teachers/resnet18-cifar100-r32-42ae28ac234f \\
         outputs/compress/pqd-r18-c100-seed0 outputs/compress/m2mdc-r18-c100-seed0 ...
 
-Every model is reloaded from its folder (m2mdc.pipeline.load_result; the teacher from its cache
+Every model is reloaded from its folder (m2mdc.results.load_result; the teacher from its cache
 folder) and timed here, one after another, with the same thread count: FP32 models eager and
 compiled (inductor), INT8 models compiled. Accuracies come from the folders' records (measured
 when the model was made; reloading reproduces them exactly, see tests/test_pqd.py).
@@ -25,9 +25,17 @@ def load_teacher(folder: Path):
         rec = json.loads((folder / "record.json").read_text())
     except (OSError, ValueError):
         raise UserError(f"{folder} is not a cached teacher folder (no record.json)") from None
-    nc = {"cifar100": 100, "cifar10": 10, "digits": 10}[rec["dataset"]]
-    model = get_adapter(rec["arch"]).base_model(nc)
-    model.load_state_dict(load_state_dict(folder / "model.pt", "teacher"))
+    adapter = get_adapter(rec["arch"])
+    sd = load_state_dict(folder / "model.pt", "teacher")
+    head = sd.get(f"{adapter.head_name}.weight")
+    if head is None:
+        raise UserError(f"{folder / 'model.pt'} has no {adapter.head_name}.weight; it is not a {rec['arch']} teacher")
+    model = adapter.base_model(head.shape[0])
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError:
+        raise UserError(f"{folder / 'model.pt'} does not match {rec['arch']}; point --teacher at a cached teacher "
+                        f"folder") from None
     rec.update(int8=False, sparsity=0.0, label="teacher (FP32)")
     return model.eval(), rec
 
@@ -42,7 +50,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     from m2mdc import metrics
     from m2mdc.deploy import deployment_metrics
-    from m2mdc.pipeline import load_result
+    from m2mdc.results import load_result
 
     models = []
     if a.teacher:

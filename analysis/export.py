@@ -5,7 +5,7 @@
     python analysis/export.py --run-id RUN_ID --format state_dict    # model.pt + keep_cfg.json
 
 The run's ``model`` artefact (logged for Pareto members, or pass --model-dir for any trial folder)
-is reloaded with m2mdc.pipeline.load_result. The ONNX file is run in onnxruntime on a batch of
+is reloaded with m2mdc.results.load_result. The ONNX file is run in onnxruntime on a batch of
 test-sized inputs and compared with PyTorch (max |diff| must be <= --atol, default 1e-4); a
 mismatch deletes the file and exits 2. INT8 results ship as their torch.export program
 (``model.pt2``); ONNX / TorchScript export of PT2E INT8 graphs is not supported here.
@@ -68,7 +68,7 @@ def main(argv=None):
     p.add_argument("--dest", default=None, help="output folder (default OUT/export/RUN_OR_DIR-FORMAT)")
     p.add_argument("--atol", type=float, default=1e-4, help="max |onnxruntime - PyTorch| accepted (default 1e-4)")
     a = p.parse_args(argv)
-    from m2mdc.pipeline import load_result
+    from m2mdc.results import load_result
     from search.tracking import default_uri
 
     root = out_root(a.out_dir)

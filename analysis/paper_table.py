@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 from m2mdc.errors import Parser, UserError, check_range, cli
-from m2mdc.io import ensure_writable, out_root, stable_hash, write_json
-from m2mdc.teacher import add_data_args, add_teacher_args, recipe_from_args
+from m2mdc.io import ensure_writable, out_root, stable_hash, write_json, write_text
+from m2mdc.cli.args import add_data_args, add_teacher_args, recipe_from_args
 
 SOURCE = "arXiv:2511.06842v2 (M2M-DC), abstract"
 # What the paper states for CIFAR-100 (its abstract; the full tables were not available offline).
@@ -65,34 +65,39 @@ DIFFERENCES = [
 ]
 
 
-def paper_size_config(ctx, cost, arch: str) -> tuple[dict, dict]:
-    """(prune ratio, planes keep, mid keep) whose student has the paper's params and GMACs shares
-    of the teacher, on the GRID; returns (config, {params_share, gmacs_share}) of the pick."""
-    from m2mdc import metrics
-    from search.trial_plan import build_trial_plan
+def _m2mdc_config(fractions: dict) -> dict:
+    """Knobs of the m2mdc recipe from fractions keyed by the step settings they set."""
+    from m2mdc.knobs import setting_config
 
-    target = PAPER[arch]
-    nc, adapter = ctx.ds.num_classes, ctx.adapter
-    scores = ctx.get_block_scores(10, 5000)
+    return setting_config(fractions)
+
+
+def paper_size_config(ctx, target, arch: str) -> tuple[dict, dict]:
+    """(prune ratio, planes keep, mid keep) whose student has the paper's params and GMACs shares
+    of the teacher, on the GRID, priced by the compiler before any training; returns
+    ({step setting: fraction}, {params_share, gmacs_share}) of the pick."""
+    from m2mdc import metrics
+    from m2mdc.compiler import compile_config
+
+    want = PAPER[arch]
+    nc, adapter, cost = ctx.ds.num_classes, ctx.adapter, target.cost
     t_params = metrics.count_params(adapter.base_model(nc))
     candidates = []
     for ratio in PRUNE_RATIOS:
         for planes in GRID:
             for mid in GRID:
-                cfg = {"prune_ratio": ratio, "planes_keep": planes, "mid_keep": mid, "signal": "bn", "alpha": 0.1,
-                       "beta": 0.1, "kd_lr": 1e-4, "sparsity": 0.0, "qat": False}
-                tp = build_trial_plan(cfg, adapter=adapter, teacher=ctx.teacher, cost=cost, budget_gmacs=1e9,
-                                      block_scores=scores, kd={})
-                g_share = tp.gmacs / cost.full_gmacs
-                candidates.append((abs(g_share - target["gmacs_share"]), cfg, tp.keep_cfg, g_share))
+                fractions = {"block_prune.ratio": ratio, "planes.keep": planes, "mid.keep": mid}
+                compiled = compile_config(_m2mdc_config(fractions), target, recipe="m2mdc")
+                g_share = compiled.gmacs / cost.full_gmacs
+                candidates.append((abs(g_share - want["gmacs_share"]), fractions, compiled.keep_cfg, g_share))
     candidates.sort(key=lambda c: c[0])
     scored = []  # params need a rebuild (slower than the cost model): only for the GMACs-closest 60
-    for g_err, cfg, keep_cfg, g_share in candidates[:60]:
+    for g_err, fractions, keep_cfg, g_share in candidates[:60]:
         p_share = metrics.count_params(adapter.rebuild(keep_cfg, nc)) / t_params
-        err = g_err / target["gmacs_share"] + abs(p_share - target["params_share"]) / target["params_share"]
-        scored.append((err, cfg, {"params_share": p_share, "gmacs_share": g_share}))
-    _, cfg, shares = min(scored, key=lambda c: c[0])
-    return {k: cfg[k] for k in ("prune_ratio", "planes_keep", "mid_keep")}, shares
+        err = g_err / want["gmacs_share"] + abs(p_share - want["params_share"]) / want["params_share"]
+        scored.append((err, fractions, {"params_share": p_share, "gmacs_share": g_share}))
+    _, fractions, shares = min(scored, key=lambda c: c[0])
+    return fractions, shares
 
 
 def stage_rows(record: dict, adapter) -> dict[str, dict]:
@@ -116,17 +121,21 @@ def _mean_std(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}"
 
 
-def run_seed(ctx, plan: list[dict], folder: Path) -> dict:
-    """Run one seed's plan, or reuse its saved result (an interrupted report resumes)."""
-    from m2mdc.pipeline import run_plan, save_result
+def run_seed(ctx, plan: list[dict], root: Path, name: str) -> dict:
+    """Run one seed's plan, or reuse a saved result of the same validated plan on the same teacher (an
+    interrupted report resumes, whatever the folder was called when it was written)."""
+    from m2mdc.results import save_result
+    from m2mdc.runner import run_plan
 
-    if (folder / "record.json").exists():
-        record = json.loads((folder / "record.json").read_text())
-        if record["plan"] == json.loads(json.dumps(plan)):
-            print(f"[paper] reusing {folder}", flush=True)
+    prefix = name.rsplit("-", 1)[0]
+    for path in sorted(root.glob(f"{prefix}-*/record.json")):
+        record = json.loads(path.read_text())
+        if record["plan"] == json.loads(json.dumps(plan)) and \
+                record["teacher"].get("path") == ctx.teacher_record.get("path"):
+            print(f"[paper] reusing {path.parent}", flush=True)
             return record
     model, record = run_plan(plan, ctx)
-    save_result(model, record, folder)
+    save_result(model, record, root / name)
     return record
 
 
@@ -156,11 +165,11 @@ def main(argv=None):
     check_range("--steps-per-epoch", a.steps_per_epoch, 0, 10 ** 9)
     recipe = recipe_from_args(a)
 
-    from m2mdc.cost import CostModel
+    from m2mdc import metrics
+    from m2mdc.compiler import compile_config, target_of
+    from m2mdc.context import prepare_context
     from m2mdc.data import load_dataset
     from m2mdc.device import pick_device
-    from m2mdc import metrics
-    from m2mdc.pipeline import m2mdc_plan, prepare_context, validate_plan
 
     device = pick_device(a.device)
     ds = load_dataset(a.dataset, a.data_dir, a.resolution, a.val_size, a.split_seed)
@@ -171,23 +180,22 @@ def main(argv=None):
     t0 = time.perf_counter()
     for arch in archs:
         ctx = prepare_context(arch, ds, recipe, device, a.out_dir)
-        adapter, cost = ctx.adapter, CostModel(ctx.adapter, ds.num_classes, ds.resolution)
+        adapter, target = ctx.adapter, target_of(ctx)
         if a.size == "paper":
-            fractions, shares = paper_size_config(ctx, cost, arch)
+            fractions, shares = paper_size_config(ctx, target, arch)
         else:
-            fractions, shares = {"prune_ratio": 0.5, "planes_keep": 0.5, "mid_keep": 0.5}, {}
-        print(f"[paper] {arch}: prune ratio {fractions['prune_ratio']}, planes keep {fractions['planes_keep']}, "
-              f"mid keep {fractions['mid_keep']}" + (f" (params {shares['params_share']:.3f}, GMACs "
-                                                      f"{shares['gmacs_share']:.3f} of the teacher)" if shares else ""),
+            fractions, shares = {"block_prune.ratio": 0.5, "planes.keep": 0.5, "mid.keep": 0.5}, {}
+        print(f"[paper] {arch}: prune ratio {fractions['block_prune.ratio']}, planes keep {fractions['planes.keep']}, "
+              f"mid keep {fractions['mid.keep']}" + (f" (params {shares['params_share']:.3f}, GMACs "
+                                                     f"{shares['gmacs_share']:.3f} of the teacher)" if shares else ""),
               flush=True)
         per_seed = []
         for seed in seeds:
-            kd = {"epochs": a.kd_epochs, "steps_per_epoch": a.steps_per_epoch or None, "seed": seed}
-            plan = m2mdc_plan(fractions["prune_ratio"], fractions["planes_keep"], fractions["mid_keep"], **kd)
+            training = {"epochs": a.kd_epochs, "steps_per_epoch": a.steps_per_epoch or None, "seed": seed}
+            plan = compile_config(_m2mdc_config(fractions), target, recipe="m2mdc", training=training).plan
             name = f"{arch}-{ds.name}-seed{seed}-{stable_hash({'plan': plan, 'recipe': repr(recipe)}, 8)}"
-            plan = validate_plan(plan, arch, ds.num_classes)  # defaults filled in, as the saved record has them
             print(f"[paper] {arch} seed {seed} -> {root / name}", flush=True)
-            record = run_seed(ctx, plan, root / name)
+            record = run_seed(ctx, plan, root, name)
             per_seed.append(stage_rows(record, adapter))
         t = ctx.teacher_record
         teacher = {"val_top1": [t["val_top1"]], "test_top1": [t["test_top1"]], "params": t["params"],
@@ -203,15 +211,15 @@ def main(argv=None):
     report["minutes"] = (time.perf_counter() - t0) / 60
     md = render(report)
     write_json(root / f"paper_table-{ds.name}.json", report)
-    (root / f"paper_table-{ds.name}.md").write_text(md)
+    write_text(root / f"paper_table-{ds.name}.md", md)
     print(md)
     print(f"-> {root / f'paper_table-{ds.name}.md'}")
     return 0
 
 
 def render(report: dict) -> str:
-    lines = [f"| arch | model | paper top-1 | here test top-1 | here val top-1 | paper params | here params "
-             f"(100 / 10 cls) | paper GMACs | here GMACs |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| arch | model | paper top-1 | here test top-1 | here val top-1 | paper params | here params "
+             "(100 / 10 cls) | paper GMACs | here GMACs |", "|---|---|---|---|---|---|---|---|---|"]
     for arch, r in report["archs"].items():
         paper = PAPER[arch]
         for label in ROWS:
@@ -236,8 +244,8 @@ def render(report: dict) -> str:
              "steps": f" of {report['steps_per_epoch']} batches" if report["steps_per_epoch"] else " (full epochs)",
              "size_note": ("the keep fractions are the 0.05-grid point whose params and GMACs shares of the teacher "
                            "are closest to the paper's stated reductions: " + "; ".join(
-                               f"{arch} prune {r['fractions']['prune_ratio']}, planes {r['fractions']['planes_keep']}, "
-                               f"mid {r['fractions']['mid_keep']} -> params {r['shares']['params_share']:.3f}, GMACs "
+                               f"{arch} prune {r['fractions']['block_prune.ratio']}, planes "
+                               f"{r['fractions']['planes.keep']}, mid {r['fractions']['mid.keep']} -> params {r['shares']['params_share']:.3f}, GMACs "
                                f"{r['shares']['gmacs_share']:.3f} of the teacher (paper "
                                f"{PAPER[arch]['params_share']:.2f}, {PAPER[arch]['gmacs_share']:.2f})"
                                for arch, r in report["archs"].items()))

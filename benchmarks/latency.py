@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from m2mdc import metrics, quant  # noqa: E402
-from m2mdc.latency import time_forward  # noqa: E402
+from m2mdc.latency import compile_for_cpu, time_forward  # noqa: E402
 from m2mdc.data import Batch  # noqa: E402
 from m2mdc.errors import Parser, UserError, cli  # noqa: E402
 from m2mdc.io import load_state_dict  # noqa: E402
@@ -98,7 +98,7 @@ def _build(arch: str, model: nn.Module, flows: list[str], example: torch.Tensor,
     entries = [{"variant": "fp32 eager", "fn": model, "backend": "eager", "int8 ops": _coverage(model),
                 "build s": 0.0}]
     t0 = time.perf_counter()
-    fn, backend = quant.compile_for_cpu(model, example)
+    fn, backend = compile_for_cpu(model, example)
     entries.append({"variant": "fp32 compiled", "fn": fn, "backend": backend, "int8 ops": _coverage(model),
                     "build s": time.perf_counter() - t0})
     for flow in flows:
@@ -107,7 +107,7 @@ def _build(arch: str, model: nn.Module, flows: list[str], example: torch.Tensor,
             int8 = quant.ptq(model, _RandomBatches(a.calib_batches, 32, a.resolution), a.calib_batches, name=arch)
         else:
             int8 = _qat_int8(model, a.resolution, arch)
-        fn, backend = quant.compile_for_cpu(int8, example)
+        fn, backend = compile_for_cpu(int8, example)
         entries.append({"variant": f"int8 {flow} compiled", "fn": fn, "backend": backend,
                         "int8 ops": _coverage(int8), "build s": time.perf_counter() - t0})
     return entries

@@ -30,21 +30,25 @@ sys.path.insert(0, str(REPO))
 
 from m2mdc.data import load_dataset  # noqa: E402
 from m2mdc.errors import Parser, cli  # noqa: E402
-from m2mdc.pipeline import prepare_context  # noqa: E402
+from m2mdc.context import prepare_context  # noqa: E402
+from m2mdc.io import write_json  # noqa: E402
+from m2mdc.knobs import setting_config  # noqa: E402
+from m2mdc.models import get_adapter  # noqa: E402
 from m2mdc.teacher import TeacherRecipe  # noqa: E402
 from search.frontier import exit_without_final_gc  # noqa: E402
 from search.trainable import SearchSetup, run_trial  # noqa: E402
 
 
 def fixed_configs(n: int) -> list[dict]:
-    """N distinct, deterministic M2M-DC configurations (no QAT: its ~25 s conversion would dominate)."""
+    """N distinct, deterministic M2M-DC configurations (no QAT: its ~25 s conversion would dominate);
+    every knob not named takes its default."""
+    adapter = get_adapter("resnet18")
+    stages = adapter.stages(adapter.base_model(10))
     out = []
     for i in range(n):
         f = 0.5 + 0.4 * (i % 3) / 2
-        out.append({"prune_ratio": 0.25 * (i % 3), "planes_keep": {s: f for s in ("layer1", "layer2", "layer3",
-                                                                                   "layer4")},
-                    "mid_keep": 0.5 + 0.1 * (i % 4), "order": "bpm", "signal": "bn", "alpha": 0.1, "beta": 0.1,
-                    "kd_lr": 1e-4, "sparsity": 0.0})
+        out.append(setting_config({"block_prune.ratio": 0.25 * (i % 3), "planes.keep": {s: f for s in stages},
+                                   "mid.keep": 0.5 + 0.1 * (i % 4)}))
     return out
 
 
@@ -121,7 +125,7 @@ def main(argv=None):
     print(f"direct: {direct:.1f} s  (val top-1 {_vals(direct_rows)})", flush=True)
 
     points = out / "points.json"
-    points.write_text(json.dumps(configs))
+    write_json(points, configs)
     profile = "smoke" if a.dataset == "digits" else "quick"
     name = f"overhead-{int(time.time())}"
     cmd = [sys.executable, str(REPO / "search" / "frontier.py"), "--budget-gmacs", str(a.budget_gmacs),

@@ -282,19 +282,28 @@ def _mid_kept_share(prefix: dict[str, list[float]], widths: dict[str, int], bloc
     return p[widths[f"mid:{block}"]] / p[-1] if p and p[-1] > 0 else 1.0
 
 
-def allocation_plan(result: dict, signal: str = "bn", kd_params: dict | None = None) -> list[dict]:
+def allocation_plan(result: dict, signal: str = "bn", kd_params: dict | None = None,
+                    ranking: dict | None = None) -> list[dict]:
     """A pipeline plan that realises an allocation: block_prune -> kd -> widths -> kd.
 
     A pair whose structural step would change nothing (no block removed / no width cut) is left
-    out; if both are, the plan is a single KD step (the budget fits the full model).
+    out; if both are, the plan is a single KD step (the budget fits the full model). ``ranking``:
+    the MI settings (bins, probe_samples) of the structural steps.
     """
     if signal not in SIGNALS:
         raise UserError(f"unknown ranking signal {signal!r}; choose one of {', '.join(SIGNALS)}")
     kd = {"step": "kd", **(kd_params or {})}
     cfg = result["keep_cfg"]
+    mi = dict(ranking or {})
     plan: list[dict] = []
     if result.get("removed_blocks"):
-        plan += [{"step": "block_prune", "keep_blocks": cfg["blocks"]}, dict(kd)]
+        plan += [{"step": "block_prune", "keep_blocks": cfg["blocks"], **mi}, dict(kd)]
     if result.get("width_cuts", True):
-        plan += [{"step": "widths", "keep_cfg": cfg, "signal": signal}, dict(kd)]
+        plan += [{"step": "widths", "keep_cfg": cfg, "signal": signal, **mi}, dict(kd)]
     return plan or [dict(kd)]
+
+
+if __name__ == "__main__":  # python -m m2mdc.allocate: the CLI lives with the others
+    from .cli.allocate import main
+
+    main()

@@ -25,8 +25,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .errors import UserError
-from .models.base import Adapter, normalize_keep_cfg
+from .models.base import Adapter
 
 _POOLS = {torch.nn.functional.adaptive_avg_pool2d}
 

@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Batch, Loader, Split
-from .errors import UserError, check_range
+from .errors import UserError
 from .io import save_tensors
+from .settings import check_settings, setting
 from .models.base import Adapter
-from .train import EpochLog, evaluate
+from .train import EpochLog, evaluate, require_finite
 
 ROW_KEYS = ("epoch", "alpha", "beta", "ce", "logit_align", "feature_align", "kl", "loss", "val_top1", "seconds")
 EPS = 1e-8  # as F.cosine_similarity
@@ -37,32 +38,27 @@ EPS = 1e-8  # as F.cosine_similarity
 
 @dataclass(frozen=True)
 class KDConfig:
-    """Everything about the repair that changes the resulting student."""
+    """Everything about the repair that changes the resulting student: the kd step's settings and
+    the only place KD defaults are written (the paper's: T=5, alpha*=beta*=0.1, Adam 1e-4, clip 1.0)."""
 
-    epochs: int = 5
-    alpha: float = 0.1  # target weight of the logit alignment 1 - cos(f_s, f_t)
-    beta: float = 0.1  # target weight of the feature alignment 1 - cos(phi_s, phi_t)
-    lr: float = 1e-4  # Adam
-    clip: float | None = 1.0  # max gradient norm; None or 0 disables clipping
-    batch_size: int = 128
-    kl_weight: float = 0.0  # Hinton KD term; 0 reproduces the paper's loss
-    temperature: float = 4.0
-    crop: bool = False  # random crop on top of flip; forces the teacher to run live
-    seed: int = 0
-    steps_per_epoch: int | None = None  # None: full passes; N: each epoch is N random batches (quick searches)
+    epochs: int = setting(5, "epochs T of the repair", lo=1, integer=True)
+    alpha: float = setting(0.1, "target weight alpha* of the logit alignment 1 - cos(f_s, f_t)", lo=0, hi_open=True,
+                           hi=math.inf)
+    beta: float = setting(0.1, "target weight beta* of the feature alignment 1 - cos(phi_s, phi_t)", lo=0,
+                          hi=math.inf, hi_open=True)
+    lr: float = setting(1e-4, "Adam learning rate", lo=0, lo_open=True, hi=math.inf, hi_open=True)
+    clip: float | None = setting(1.0, "max gradient norm (None or 0: no clipping)", lo=0, hi=math.inf, nullable=True)
+    batch_size: int = setting(128, "batch size", lo=1, integer=True)
+    kl_weight: float = setting(0.0, "weight of Hinton's KL term (0: the paper's loss)", lo=0, hi=math.inf,
+                               hi_open=True)
+    temperature: float = setting(4.0, "temperature of the KL term", lo=0, lo_open=True, hi=math.inf, hi_open=True)
+    crop: bool = setting(False, "random crop on top of flip (forces the teacher to run live)", choices=(False, True))
+    seed: int = setting(0, "seed of batch order and augmentation", integer=True)
+    steps_per_epoch: int | None = setting(None, "batches per epoch (None: full passes; N: N random batches, quick "
+                                          "searches)", lo=1, integer=True, nullable=True)
 
     def __post_init__(self) -> None:
-        check_range("epochs", self.epochs, 1, math.inf)
-        if self.steps_per_epoch is not None:
-            check_range("steps_per_epoch", self.steps_per_epoch, 1, math.inf)
-        check_range("batch_size", self.batch_size, 1, math.inf)
-        check_range("lr", self.lr, 0, math.inf, lo_open=True)
-        check_range("alpha", self.alpha, 0, math.inf)
-        check_range("beta", self.beta, 0, math.inf)
-        check_range("kl_weight", self.kl_weight, 0, math.inf)
-        check_range("temperature", self.temperature, 0, math.inf, lo_open=True)
-        if self.clip is not None:
-            check_range("clip", self.clip, 0, math.inf)
+        check_settings(self)
 
     def ramp(self, epoch: int) -> tuple[float, float]:
         """(alpha_t, beta_t) for 1-based ``epoch``: 0 in epoch 1, the targets in epoch T."""
@@ -269,9 +265,7 @@ def train_epoch_kd(student: nn.Module, tap: FeatureTap, loader: Loader, opt: tor
     # The weights are fixed within an epoch, so the mean loss follows from the mean terms.
     row = {"ce": ce, "logit_align": logit_align, "feature_align": feature_align, "kl": kl,
            "loss": ce + alpha * logit_align + beta * feature_align + cfg.kl_weight * cfg.temperature ** 2 * kl}
-    bad = [k for k, v in row.items() if not math.isfinite(v)]
-    if bad:
-        raise FloatingPointError(f"non-finite KD loss ({', '.join(f'{k}={row[k]}' for k in bad)})")
+    require_finite(row, "KD loss")
     row["seconds"] = time.perf_counter() - t0
     return row
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+import warnings
+from typing import Callable
 
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
 
 from .metrics import default_threads, torch_threads
+from .quant import first_line, int8_coverage
 
 CPU = torch.device("cpu")
 
@@ -47,15 +51,68 @@ def time_forward(fn, resolution: int = 32, batch: int = 1, threads: int | None =
             "images_per_s": batch * 1e3 / med, "threads": threads, "batch": batch}
 
 
+class CompiledForCPU:
+    """A frozen inductor build of a model, for inference only (runs under ``no_grad``).
+
+    Freezing (weights folded as constants) is what lets inductor swap the quantize/dequantize
+    graph for oneDNN int8 kernels. Inductor reads it from its global config whenever a graph
+    compiles, and that can be any call: a new batch size recompiles (``dynamic=False``), and
+    every strict ``torch.export`` in the process (also inside torchao's convert_pt2e and
+    train/eval switches) calls ``torch._dynamo.reset()``, silently discarding compiled code.
+    So every call sets ``freezing`` (a plain attribute write, ~4x cheaper than ``config.patch``);
+    ``torch.compile(options={"freezing": True})`` is no alternative: it fails on PT2E int8 graphs.
+    Weights are frozen in: compile again after changing them.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._compiled: Callable = torch.compile(model, backend="inductor", dynamic=False)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        config = torch._inductor.config
+        was = config.freezing
+        config.freezing = True
+        try:
+            return self._compiled(x)
+        finally:
+            config.freezing = was
+
+
+def compile_for_cpu(model: nn.Module, example: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+    """(callable, backend): the inductor build ("inductor"), or ``model`` itself ("eager-fallback")
+    when compiling fails or, for an INT8 model, inductor did not produce int8 conv/linear kernels.
+
+    Compiles for ``example``'s shape now; other batch sizes compile on first use. Inference only.
+    Compile after any ``torch.export`` work where possible: each export resets dynamo, and the
+    next call then pays for a silent recompile.
+    """
+    int8 = int8_coverage(model)["int8"] > 0
+    before = counters["inductor"]["qconv_weight_prepack_matcher_count"] + \
+        counters["inductor"]["qlinear_weight_prepack_matcher_count"]
+    hits = counters["inductor"]["fxgraph_cache_hit"]
+    try:
+        compiled = CompiledForCPU(model)
+        compiled(example)
+    except Exception as e:  # no C++ toolchain, unsupported op, ...: run uncompiled, and say so
+        warnings.warn(f"torch.compile failed ({first_line(e)}); using the uncompiled model", stacklevel=2)
+        return model, "eager-fallback"
+    fused = counters["inductor"]["qconv_weight_prepack_matcher_count"] + \
+        counters["inductor"]["qlinear_weight_prepack_matcher_count"] - before
+    if int8 and fused == 0 and counters["inductor"]["fxgraph_cache_hit"] == hits:
+        warnings.warn("inductor compiled the INT8 model without int8 conv/linear kernels; "
+                      "using the uncompiled model", stacklevel=2)
+        return model, "eager-fallback"
+    return compiled, "inductor"
+
+
 def as_shipped(model: nn.Module, resolution: int, int8: bool, compiled: bool = True):
     """(callable, backend) of ``model`` as it would ship on this CPU: compiled with inductor
     ("inductor"), or the model itself ("eager", or "eager-fallback" when compiling failed)."""
-    from . import quant
-
     cpu_model = model if int8 else copy.deepcopy(model).to(CPU).eval()  # INT8 graphs are CPU-only already
     if not compiled:
         return cpu_model, "eager"
-    return quant.compile_for_cpu(cpu_model, torch.zeros(1, 3, resolution, resolution))
+    return compile_for_cpu(cpu_model, torch.zeros(1, 3, resolution, resolution))
 
 
 def shipped_latency(model: nn.Module, resolution: int, int8: bool, batch: int = 1, threads: int | None = None,

@@ -7,7 +7,7 @@ model run *uncompiled* executes the reference dequantize -> FP32 -> quantize gra
 INT8, but slower than FP32 eager; only the compiled model is fast.
 
 Knowledge distillation while fake-quant is active: the prepared model is a flat exported
-GraphModule of aten ops. ``prepared.fc`` survives only as a plain Module holding the weights, and
+GraphModule of aten ops. The head Linear survives only as a plain Module holding the weights, and
 forward hooks on it never fire. A KD loop can use (a) the logits it returns, or (b) the
 penultimate features: pass ``head=<adapter.head_name>`` to ``prepare_qat`` and the graph returns
 ``(logits, features)``, where features is the tensor the head receives (before its input
@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import copy
 import types
-import warnings
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import nn
-from torch._dynamo.utils import counters
 from torch.fx import GraphModule
 from torchao.quantization.pt2e import (disable_observer, enable_observer, move_exported_model_to_eval,
                                        move_exported_model_to_train)
@@ -77,7 +75,7 @@ def _name(model: nn.Module, name: str | None) -> str:
     return name or type(model).__name__
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:200] if text else 'no detail'}"
 
@@ -95,7 +93,7 @@ def _export(model: nn.Module, example: torch.Tensor, name: str, step: str) -> Gr
         ep = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},),
                                  strict=True)
     except Exception as e:
-        raise UserError(f"INT8 {step} of {name} failed at torch.export (strict, dynamic batch): {_first_line(e)}; "
+        raise UserError(f"INT8 {step} of {name} failed at torch.export (strict, dynamic batch): {first_line(e)}; "
                         f"the model needs export-friendly control flow (no data-dependent branches)") from None
     return ep.module()
 
@@ -191,7 +189,7 @@ def prepare_qat(model: nn.Module, example_input: torch.Tensor, head: str | None 
         prepared = prepare_qat_pt2e(gm, _quantizer(is_qat=True))
     except Exception as e:
         raise UserError(f"INT8 QAT of {name} failed at prepare_qat_pt2e (X86 inductor quantizer): "
-                        f"{_first_line(e)}; use FP32 or PTQ for this architecture") from None
+                        f"{first_line(e)}; use FP32 or PTQ for this architecture") from None
     _check_annotated(prepared, name, "QAT")
     own = {n for n, _ in prepared.named_parameters()}
     if not set(masks) <= own:
@@ -274,7 +272,7 @@ def convert(prepared: GraphModule, name: str | None = None) -> nn.Module:
     try:
         converted = convert_pt2e(model)
     except Exception as e:
-        raise UserError(f"INT8 QAT of {name} failed at convert_pt2e: {_first_line(e)}") from None
+        raise UserError(f"INT8 QAT of {name} failed at convert_pt2e: {first_line(e)}") from None
     return _finish(converted, name, "QAT", prepared.meta.get("m2mdc_features", False))
 
 
@@ -296,7 +294,7 @@ def ptq(model: nn.Module, calib_loader: Iterable[Batch], batches: int = 8, name:
         prepared = prepare_pt2e(gm, _quantizer(is_qat=False))
     except Exception as e:
         raise UserError(f"INT8 PTQ of {name} failed at prepare_pt2e (X86 inductor quantizer): "
-                        f"{_first_line(e)}; use FP32 for this architecture") from None
+                        f"{first_line(e)}; use FP32 for this architecture") from None
     _check_annotated(prepared, name, "PTQ")
     prepared(first.x.to(CPU))
     for _, b in zip(range(batches - 1), it):
@@ -304,63 +302,8 @@ def ptq(model: nn.Module, calib_loader: Iterable[Batch], batches: int = 8, name:
     try:
         converted = convert_pt2e(prepared)
     except Exception as e:
-        raise UserError(f"INT8 PTQ of {name} failed at convert_pt2e: {_first_line(e)}") from None
+        raise UserError(f"INT8 PTQ of {name} failed at convert_pt2e: {first_line(e)}") from None
     return _finish(converted, name, "PTQ", features=False)
-
-
-class CompiledForCPU:
-    """A frozen inductor build of a model, for inference only (runs under ``no_grad``).
-
-    Freezing (weights folded as constants) is what lets inductor swap the quantize/dequantize
-    graph for oneDNN int8 kernels. Inductor reads it from its global config whenever a graph
-    compiles, and that can be any call: a new batch size recompiles (``dynamic=False``), and
-    every strict ``torch.export`` in the process (also inside torchao's convert_pt2e and
-    train/eval switches) calls ``torch._dynamo.reset()``, silently discarding compiled code.
-    So every call sets ``freezing`` (a plain attribute write, ~4x cheaper than ``config.patch``);
-    ``torch.compile(options={"freezing": True})`` is no alternative: it fails on PT2E int8 graphs.
-    Weights are frozen in: compile again after changing them.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self._compiled: Callable = torch.compile(model, backend="inductor", dynamic=False)
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        config = torch._inductor.config
-        was = config.freezing
-        config.freezing = True
-        try:
-            return self._compiled(x)
-        finally:
-            config.freezing = was
-
-
-def compile_for_cpu(model: nn.Module, example: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
-    """(callable, backend): the inductor build ("inductor"), or ``model`` itself ("eager-fallback")
-    when compiling fails or, for an INT8 model, inductor did not produce int8 conv/linear kernels.
-
-    Compiles for ``example``'s shape now; other batch sizes compile on first use. Inference only.
-    Compile after any ``torch.export`` work where possible: each export resets dynamo, and the
-    next call then pays for a silent recompile.
-    """
-    int8 = int8_coverage(model)["int8"] > 0
-    before = counters["inductor"]["qconv_weight_prepack_matcher_count"] + \
-        counters["inductor"]["qlinear_weight_prepack_matcher_count"]
-    hits = counters["inductor"]["fxgraph_cache_hit"]
-    try:
-        compiled = CompiledForCPU(model)
-        compiled(example)
-    except Exception as e:  # no C++ toolchain, unsupported op, ...: run uncompiled, and say so
-        warnings.warn(f"torch.compile failed ({_first_line(e)}); using the uncompiled model", stacklevel=2)
-        return model, "eager-fallback"
-    fused = counters["inductor"]["qconv_weight_prepack_matcher_count"] + \
-        counters["inductor"]["qlinear_weight_prepack_matcher_count"] - before
-    if int8 and fused == 0 and counters["inductor"]["fxgraph_cache_hit"] == hits:
-        warnings.warn("inductor compiled the INT8 model without int8 conv/linear kernels; "
-                      "using the uncompiled model", stacklevel=2)
-        return model, "eager-fallback"
-    return compiled, "inductor"
 
 
 class _HeadTap(nn.Identity):

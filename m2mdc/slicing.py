@@ -2,7 +2,7 @@
 
 A channel group (see ``models.base``) is every tensor dimension that must keep the same
 channels for the network to stay shape-correct: a stage's *planes* group spans each block's
-last conv/bn, the transition downsample and the next stage's (or the head's) inputs; a block's
+last conv/bn, the transition's shortcut projection and the next stage's (or the head's) inputs; a block's
 *mid* group spans conv1 out / bn1 / conv2 in (expand / depthwise / project-in for MobileNetV2).
 Slicing a group keeps its top-K channels by a ranking signal, in every tensor at once.
 """

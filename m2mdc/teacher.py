@@ -1,11 +1,10 @@
 """Teacher: fine-tuned from ImageNet weights when they can be had, else trained from scratch;
 cached on disk keyed by everything that determines it, so a search trains it once.
 
-    python -m m2mdc.teacher --arch resnet18 --dataset cifar100 --epochs 15
+    python -m m2mdc.teacher --arch resnet18 --dataset cifar100 --epochs 15     (m2mdc/cli/teacher.py)
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,11 +13,10 @@ import torch
 from torch import nn
 
 from . import metrics
-from .data import Dataset, Loader, load_dataset
-from .device import pick_device
-from .errors import Parser, UserError, cli
+from .data import Dataset, Loader
+from .errors import UserError
 from .io import atomic_dir, ensure_writable, file_sha256, load_state_dict, out_root, stable_hash, write_json
-from .models import ARCHS, IMAGENET_WEIGHTS, get_adapter
+from .models import IMAGENET_WEIGHTS, get_adapter
 from .train import EpochLog, evaluate, train_epoch_ce
 
 
@@ -39,7 +37,7 @@ class TeacherRecipe:
         return "scratch" if self.weights == "none" else "finetune"
 
 
-def _weights_identity(weights: str) -> str:
+def weights_identity(weights: str) -> str:
     if weights in ("none", "imagenet"):
         return weights
     p = Path(weights)
@@ -50,7 +48,7 @@ def _weights_identity(weights: str) -> str:
 
 def cache_key(arch: str, ds: Dataset, recipe: TeacherRecipe) -> dict:
     r = asdict(recipe)
-    r["weights"] = _weights_identity(recipe.weights)
+    r["weights"] = weights_identity(recipe.weights)
     return {"arch": arch, "dataset": ds.name, "resolution": ds.resolution, "val_size": len(ds.val),
             "split_seed": ds.meta.get("split_seed"), "recipe": r, "version": 1}
 
@@ -171,60 +169,7 @@ def get_teacher(arch: str, ds: Dataset, recipe: TeacherRecipe, device: torch.dev
     return model, record
 
 
-def add_data_args(p) -> None:
-    from .data import DATASETS
+if __name__ == "__main__":  # python -m m2mdc.teacher: the CLI lives with the others
+    from .cli.teacher import main
 
-    p.add_argument("--dataset", default="cifar100", choices=DATASETS, help="dataset (default: cifar100; digits works offline)")
-    p.add_argument("--data-dir", default=None, help="data root (default: $M2MDC_DATA_DIR or ./data)")
-    p.add_argument("--resolution", type=int, default=32, help="input resolution (default 32)")
-    p.add_argument("--val-size", type=int, default=None, help="validation images held out of train "
-                   "(default 5000 for CIFAR, 300 for digits)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
-    p.add_argument("--out-dir", default=None, help="output root (default: $M2MDC_OUT_DIR or ./outputs)")
-
-
-def add_teacher_args(p, arch: bool = True) -> None:
-    """Teacher recipe flags; ``arch=False`` for tools that take several architectures themselves."""
-    if arch:
-        p.add_argument("--arch", default="resnet18", choices=ARCHS, help="architecture (default resnet18)")
-    p.add_argument("--weights", default="none", help="none (train from scratch), imagenet (torchvision download), "
-                   "or PATH to an ImageNet state_dict of the same torchvision architecture")
-    p.add_argument("--epochs", type=int, default=None, help="teacher epochs (default 15 scratch, 5 fine-tune)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=None, help="default 0.1 one-cycle (scratch) / 1e-3 Adam (fine-tune)")
-    p.add_argument("--seed", type=int, default=0)
-
-
-def recipe_from_args(a) -> TeacherRecipe:
-    if a.epochs is not None and a.epochs < 1:
-        raise UserError(f"--epochs must be >= 1 (got {a.epochs})")
-    if a.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1 (got {a.batch_size})")
-    epochs = a.epochs if a.epochs is not None else (15 if a.weights == "none" else 5)
-    _weights_identity(a.weights)
-    return TeacherRecipe(weights=a.weights, epochs=epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed)
-
-
-@cli
-def main(argv=None):
-    p = Parser(prog="python -m m2mdc.teacher", description=__doc__.split("\n\n")[0])
-    add_teacher_args(p)
-    add_data_args(p)
-    p.add_argument("--force", action="store_true", help="retrain even if a cached teacher exists")
-    a = p.parse_args(argv)
-    recipe = recipe_from_args(a)
-    device = pick_device(a.device)
-    ensure_writable(out_root(a.out_dir))
-    ds = load_dataset(a.dataset, a.data_dir, a.resolution, a.val_size, a.split_seed)
-    print(f"{ds.describe()}; device {device}", file=sys.stderr)
-    model, rec = get_teacher(a.arch, ds, recipe, device, a.out_dir, force=a.force)
-    where = cache_dir(a.arch, ds, recipe, a.out_dir)
-    print(f"teacher {a.arch} on {ds.name} ({'cache hit' if rec['cache_hit'] else 'trained'}): "
-          f"val top-1 {rec['val_top1']:.2f}%  test top-1 {rec['test_top1']:.2f}%  "
-          f"params {rec['params'] / 1e6:.3f}M  GMACs {rec['gmacs']:.4f}  -> {where}")
-    return 0
-
-
-if __name__ == "__main__":
     main()

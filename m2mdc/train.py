@@ -38,9 +38,12 @@ class EpochLog:
             print(f"[{self.prefix}] " + "  ".join(parts), file=sys.stderr, flush=True)
 
 
-def check_finite(loss: torch.Tensor, where: str) -> None:
-    if not math.isfinite(loss.item()):
-        raise FloatingPointError(f"non-finite loss ({loss.item()}) in {where}")
+def require_finite(row: dict, what: str) -> None:
+    """FloatingPointError naming every non-finite number of an epoch's loss row: a diverged run
+    fails loudly (a search records it as a failed trial) instead of training on NaNs."""
+    bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"non-finite {what} ({', '.join(f'{k}={row[k]}' for k in bad)})")
 
 
 def train_epoch_ce(model: nn.Module, loader: Loader, opt: torch.optim.Optimizer, sched=None,
@@ -65,7 +68,6 @@ def train_epoch_ce(model: nn.Module, loader: Loader, opt: torch.optim.Optimizer,
         tot_loss += loss.detach() * len(b.y)
         correct += (out.detach().argmax(1) == b.y).sum()
         n += len(b.y)
-    loss = tot_loss.item() / max(n, 1)
-    if not math.isfinite(loss):
-        raise FloatingPointError(f"non-finite training loss {loss}")
-    return {"loss": loss, "train_top1": 100.0 * correct.item() / max(n, 1), "seconds": time.perf_counter() - t0}
+    row = {"loss": tot_loss.item() / max(n, 1), "train_top1": 100.0 * correct.item() / max(n, 1)}
+    require_finite(row, "training loss")
+    return {**row, "seconds": time.perf_counter() - t0}

@@ -12,42 +12,19 @@ Optuna SQLite study, pareto.csv / pareto.md / frontier.png, search.json).
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from m2mdc.errors import Parser, UserError, check_range, cli
 from m2mdc.io import ensure_writable, out_root
-from m2mdc.teacher import add_data_args, add_teacher_args, recipe_from_args
+from m2mdc.objectives import OBJECTIVE_SETS
+from m2mdc.cli.args import add_data_args, add_teacher_args, recipe_from_args
+from search.driver import PROFILES, SearchRequest, run_search
 
 ASHA_STOP_FRACTION = 0.25  # a trial in the bottom quarter at a rung has collapsed (search/early_stop.py)
-OBJECTIVE_SETS = {"acc-gmacs": ("val_top1", "gmacs"), "acc-gmacs-latency": ("val_top1", "gmacs", "latency_ms")}
-
-
-@dataclass(frozen=True)
-class Profile:
-    """How much compute one search spends (the sampled space is the same in every profile)."""
-
-    num_samples: int
-    kd_epochs: int  # T of every KD repair
-    steps_per_epoch: int | None  # None = full passes over the training split
-    probe_samples: int
-    teacher_epochs: int | None  # None = the teacher recipe's default
-    n_startup: int  # random trials before the model-based sampler takes over
-
-
-PROFILES = {
-    "smoke": Profile(num_samples=4, kd_epochs=1, steps_per_epoch=3, probe_samples=500, teacher_epochs=5, n_startup=2),
-    "quick": Profile(num_samples=12, kd_epochs=2, steps_per_epoch=40, probe_samples=5000,
-                     teacher_epochs=None, n_startup=4),
-    "paper": Profile(num_samples=64, kd_epochs=5, steps_per_epoch=None, probe_samples=5000,
-                     teacher_epochs=None, n_startup=10),
-}
 
 
 def build_parser() -> Parser:
@@ -91,6 +68,8 @@ def build_parser() -> Parser:
 
 
 def _load_points(path: str | None, space) -> list[dict]:
+    """Configurations to evaluate first: the knobs each names (flat ``knob/stage`` names or nested
+    per-stage objects), the knob table's default for every other knob the space samples."""
     if not path:
         return []
     try:
@@ -99,81 +78,26 @@ def _load_points(path: str | None, space) -> list[dict]:
         raise UserError(f"--points {path} is not a readable JSON file ({e})") from None
     if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
         raise UserError(f"--points {path} must hold a JSON list of configurations (objects)")
+    from m2mdc.knobs import KNOBS
     from search.tracking import flat_config
 
-    sampled = set(space.sampled_names())
+    sampled = space.sampled_names()
     out = []
     for i, point in enumerate(points):
         flat = flat_config(point)
         unknown = sorted(set(flat) - set(space.params))
-        missing = sorted(sampled - set(flat))
-        if unknown or missing:
-            raise UserError(f"--points entry {i}: unknown {unknown}, missing {missing}; give every sampled "
-                            f"parameter of the space: {', '.join(sorted(sampled))}")
-        out.append({k: v for k, v in flat.items() if k in sampled})
+        if unknown:
+            raise UserError(f"--points entry {i}: unknown {unknown}; the space's knobs are {', '.join(space.params)}")
+        full = {}
+        for name in sampled:
+            knob = KNOBS[name.split("/")[0]]
+            value = flat.get(name, knob.default)
+            msg = knob.rule.message(f"--points entry {i}: {name}", value)
+            if msg is not None:
+                raise UserError(msg)
+            full[name] = value
+        out.append(full)
     return out
-
-
-def _fmt(v, spec: str) -> str:
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
-
-
-def summarise_config(cfg: dict) -> str:
-    if "depth_share" in cfg:
-        s = f"alloc depth {cfg['depth_share']:.2f}"
-    else:
-        pk = cfg["planes_keep"]
-        planes = "/".join(f"{v:.2f}" for v in pk.values()) if isinstance(pk, dict) else f"{pk:.2f}"
-        s = f"r {cfg['prune_ratio']:.2f} planes {planes} mid {cfg['mid_keep']:.2f} {cfg['order']}"
-    s += f" {cfg['signal']} a {cfg['alpha']:.2f} b {cfg['beta']:.2f} lr {cfg['kd_lr']:.0e}"
-    if cfg.get("sparsity"):
-        s += f" sparse {cfg['sparsity']:.1f}"
-    if cfg.get("qat"):
-        s += " QAT"
-    return s
-
-
-def collect_rows(results, tracker) -> list[dict]:
-    """One row per trial of the experiment: its status (the one rule, on Ray's record of the trial)
-    and final (or last) metrics."""
-    from search.outcome import trial_status
-
-    tracker.refresh()  # the MLflow run ids of trials logged before a resume
-    rows = []
-    for res in results:
-        m = dict(res.metrics or {})
-        tid = m.get("trial_id") or Path(res.path).name.removeprefix("trial_")
-        status = trial_status(m, res.error is not None)
-        rows.append({"trial_id": tid, "status": status, "config": res.config, **{
-            k: m.get(k) for k in ("val_top1", "test_top1", "gmacs", "params", "size_bytes", "latency_ms",
-                                  "sampled_gmacs", "width_scale", "int8", "sparsity", "epochs_done", "keep_cfg")},
-            "model_dir": str(Path(res.path) / "model"), "run_id": tracker.runs.get(tid)})
-    return rows
-
-
-def write_tables(rows: list[dict], front: list[dict], folder: Path) -> list[Path]:
-    cols = ["trial_id", "status", "pareto", "val_top1", "test_top1", "gmacs", "params", "latency_ms", "int8",
-            "sparsity", "sampled_gmacs", "width_scale", "config", "run_id"]
-    front_ids = {r["trial_id"] for r in front}
-    with open(folder / "trials.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, cols, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, "pareto": r["trial_id"] in front_ids, "config": json.dumps(r["config"], sort_keys=True)})
-    md = pareto_markdown(front)
-    (folder / "pareto.md").write_text(md)
-    return [folder / "trials.csv", folder / "pareto.md"]
-
-
-def pareto_markdown(front: list[dict]) -> str:
-    lines = ["| trial | config | val top-1 | test top-1 | GMACs | params | latency bs1 | INT8 | MLflow run |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(front, key=lambda r: r["gmacs"]):
-        lines.append(f"| {r['trial_id']} | {summarise_config(r['config'])} | {_fmt(r['val_top1'], '.2f')}% | "
-                     f"{_fmt(r['test_top1'], '.2f')}% | {_fmt(r['gmacs'], '.4f')} | "
-                     f"{_fmt((r['params'] or 0) / 1e6, '.3f')}M | {_fmt(r.get('latency_ms'), '.2f') + (' ms' if r.get('latency_ms') is not None else '')} | "
-                     f"{'yes' if r.get('int8') else 'no'} | {r.get('run_id') or ''} |")
-    return "\n".join(lines) + "\n"
 
 
 @cli
@@ -238,172 +162,10 @@ def main(argv=None):
 
     a.address = requested_address(a.address)
     check_ray(a.address)
-    return run_search(a, prof, space, points, ds, recipe, root, name, exp_dir, identity, meta, mlflow_uri,
-                      num_samples, kd_epochs, steps, cpus)
-
-
-def run_search(a, prof, space, points, ds, recipe, root, name, exp_dir, identity, meta, mlflow_uri,
-               num_samples, kd_epochs, steps, cpus) -> int:
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-
-    from search.early_stop import CollapseStoppingASHA
-
-    from m2mdc.device import pick_device
-    from m2mdc.pipeline import prepare_context
-    from m2mdc.slicing import channel_scores
-    from search.optuna_search import ParetoSafeOptunaSearch, make_sampler
-    from search.pareto import OBJECTIVES, frontier_plot, non_dominated
-    from search.ray_cluster import start_or_join
-    from m2mdc.io import write_json
-    from search.tracking import SearchTracker, TrialLogger
-    from search.trainable import SearchSetup, SharedSetup, compression_trial
-
-    device = pick_device(a.device)
-    print(f"{ds.describe()}; device {device}; space {space.source} ({space.mode}); budget {a.budget_gmacs:g} GMACs; "
-          f"profile {a.profile}: {num_samples} trials, KD T={kd_epochs}"
-          f"{f', {steps} batches/epoch' if steps else ''}", flush=True)
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state saved often: resume loses little
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Ray first: a cluster that cannot be joined fails before any teacher training. Its start is mostly
-    # waiting for daemons: import MLflow and open an existing store meanwhile (~2 s of driver CPU; a
-    # store that does not exist yet is not created, so a failed start leaves nothing behind).
-    with ThreadPoolExecutor(1) as pool:
-        store_ready = pool.submit(warm_store, mlflow_uri, name)
-        print(start_or_join(a.address, os.cpu_count() or 1, None, a.dashboard), flush=True)
-        store_ready.result()
-
-    # Shared inputs, built once: teacher (cached), teacher outputs, MI block scores, channel scores.
-    ctx = prepare_context(a.arch, ds, recipe, device, a.out_dir, quiet=a.quiet)
-    t = ctx.teacher_record
-    print(f"[teacher] val top-1 {t['val_top1']:.2f}%  test top-1 {t['test_top1']:.2f}%  GMACs {t['gmacs']:.4f}",
-          flush=True)
-    ctx.get_teacher_outputs()
-    ctx.get_block_scores(10, prof.probe_samples)
-    ch_scores = {}
-    if space.mode == "allocator":
-        sig = space.params["signal"]
-        from m2mdc.data import probe_loader
-
-        for s in (sig.choices or (sig.fixed,)):
-            groups = adapter_groups(ctx)
-            probe = probe_loader(ds, device, max_samples=prof.probe_samples) if s == "mi" else None
-            ch_scores[s] = channel_scores(ctx.teacher, ctx.adapter, groups, s, probe)
-    objectives = OBJECTIVE_SETS[a.objectives]
-    setup = SearchSetup(ctx, a.budget_gmacs, space.mode, {"epochs": kd_epochs, "steps_per_epoch": steps},
-                        probe_samples=prof.probe_samples, channel_scores=ch_scores,
-                        measure_latency="latency_ms" in objectives, threads=max(1, int(cpus)),
-                        use_gpu=a.gpus_per_trial > 0, quiet=a.quiet, trials_dir=str(exp_dir))
-
-    tracker = SearchTracker(mlflow_uri, name, root / "mlartifacts")
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    meta_path = exp_dir / "search.json"
-    status = "FAILED"
-    try:
-        params = {k: v for k, v in vars(a).items() if k not in ("resume",)}
-        parent = tracker.start_parent(name, {**params, "space": space.source, "space_digest": space.digest},
-                                      {"budget_gmacs": str(a.budget_gmacs), "arch": a.arch, "dataset": ds.name},
-                                      run_id=meta and meta.get("parent_run_id"))
-        if meta is None:
-            log_search_inputs(tracker, parent, space, t)
-            write_json(meta_path, {"identity": identity, "parent_run_id": parent, "mlflow_uri": mlflow_uri})
-        trainable = tune.with_resources(tune.with_parameters(compression_trial, shared=SharedSetup(setup)),
-                                        {"cpu": cpus, "gpu": a.gpus_per_trial})
-        from ray.tune import CLIReporter
-
-        reporter = CLIReporter(metric_columns={"val_top1": "val top-1", "gmacs": "GMACs", "epochs_done": "epochs"},
-                               max_report_frequency=60, sort_by_metric=False)
-        run_config = tune.RunConfig(name=name, storage_path=str(exp_dir.parent), callbacks=[TrialLogger(tracker)],
-                                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                                    verbose=1, progress_reporter=reporter)
-        if a.resume and (exp_dir / "tuner.pkl").exists():
-            tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=False,
-                                       restart_errored=False)
-        else:
-            import optuna
-
-            storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / 'optuna.db'}")
-            searcher = ParetoSafeOptunaSearch(
-                metric=list(objectives), mode=[OBJECTIVES[o] for o in objectives],
-                sampler=make_sampler(a.sampler, a.search_seed, prof.n_startup), storage=storage, study_name=name,
-                points_to_evaluate=points or None, budget_gmacs=a.budget_gmacs)
-            reports = max_reports(setup, space)
-            scheduler = FIFOScheduler() if a.no_asha else CollapseStoppingASHA(
-                time_attr="training_iteration", metric="val_top1", mode="max", max_t=reports,
-                grace_period=min(kd_epochs, reports), reduction_factor=3, stop_fraction=a.stop_fraction,
-                min_recorded=a.asha_min_trials, state_path=exp_dir / "asha-rungs.json")
-            tuner = tune.Tuner(trainable, param_space=space.param_space(), run_config=run_config,
-                               tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                                           num_samples=num_samples,
-                                                           max_concurrent_trials=a.max_concurrent,
-                                                           reuse_actors=True,
-                                                           trial_dirname_creator=lambda tr: f"trial_{tr.trial_id}"))
-        results = tuner.fit()
-        ended = results.num_terminated + results.num_errors
-        if ended < num_samples:
-            status = "KILLED"
-            print(f"search interrupted with {ended} of {num_samples} trials finished; "
-                  f"continue with the same command plus --resume", file=sys.stderr)
-            return 130
-        rows = collect_rows(results, tracker)
-        done = [r for r in rows if r["status"] == "completed"]
-        front = non_dominated(done, objectives)
-        front_ids = {r["trial_id"] for r in front}
-        files = write_tables(rows, front, exp_dir)
-        others = [r for r in rows if r["status"] == "stopped_early" and r["val_top1"] is not None]
-        files.append(frontier_plot(done, front, exp_dir / "frontier.png", a.budget_gmacs,
-                                   {"gmacs": t["gmacs"], "val_top1": t["val_top1"]},
-                                   f"{a.arch} / {ds.name}: {len(done)} finished trials", others))
-        counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "stopped_early", "failed",
-                                                                   "infeasible")}
-        tracker.finish(rows, front_ids, files, {**{f"trials_{k}": v for k, v in counts.items()},
-                                                "pareto_size": len(front)})
-        status = "FINISHED"
-        print(f"\nPareto set ({len(front)} of {counts['completed']} finished trials; {counts['stopped_early']} "
-              f"stopped early, {counts['failed']} failed, {counts['infeasible']} infeasible):")
-        print(pareto_markdown([dict(r, run_id=tracker.runs.get(r["trial_id"])) for r in front]))
-        print(f"outputs: {exp_dir}  |  review: mlflow ui --backend-store-uri {mlflow_uri}")
-        return 0
-    finally:
-        if status != "FINISHED":
-            tracker.fail(status)
-        ray.shutdown()
-
-
-def warm_store(uri: str, experiment: str) -> None:
-    """Import MLflow and open an existing store while Ray starts. A SQLite store that does not exist
-    yet is not opened (opening creates it), so a search that then fails to start writes nothing."""
-    from mlflow.tracking import MlflowClient
-
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - the import is most of the cost
-        return
-    MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
-
-
-def log_search_inputs(tracker, parent: str, space, teacher: dict) -> None:
-    """The parent run's inputs: the space file and the teacher's numbers."""
-    import time
-
-    from mlflow.entities import Metric
-
-    if Path(space.source).exists():
-        tracker.client.log_artifact(parent, space.source)
-    now = int(time.time() * 1000)
-    tracker.client.log_batch(parent, metrics=[Metric(f"teacher_{k}", float(teacher[k]), now, 0)
-                                              for k in ("val_top1", "test_top1", "params", "gmacs")])
-
-
-def adapter_groups(ctx) -> list[str]:
-    return [g for g in ctx.adapter.group_widths(ctx.teacher) if g.split(":")[0] in ("planes", "mid", "mid2")]
-
-
-def max_reports(setup, space) -> int:
-    """Upper bound of a trial's reports (its epochs + the final report): ASHA's max_t."""
-    structural = 3 if space.mode == "fractions" else 2
-    tail = 2  # sparsity and QAT repairs
-    return (structural + tail) * setup.kd["epochs"] + 1
+    training = {"epochs": kd_epochs, "steps_per_epoch": steps}
+    return run_search(SearchRequest(a, name, root, exp_dir, space, points, ds, recipe, prof,
+                                    OBJECTIVE_SETS[a.objectives], num_samples, training, cpus, mlflow_uri, identity,
+                                    meta))
 
 
 def exit_without_final_gc(rc) -> None:

@@ -1,8 +1,8 @@
-"""Non-dominated sets and the frontier plot.
+"""Non-dominated sets, hypervolume, and the frontier plots, over any objectives of the table
+(m2mdc.objectives: name, direction, unit).
 
-Objectives are (key, sense) pairs, sense "max" or "min". A point is dominated when another is at
-least as good in every objective and strictly better in one; equal points dominate neither, so
-ties stay on the front together.
+A point is dominated when another is at least as good in every objective and strictly better in
+one; equal points dominate neither, so ties stay on the front together.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-OBJECTIVES = {"val_top1": "max", "gmacs": "min", "latency_ms": "min"}
+from m2mdc.objectives import METRICS, OBJECTIVES, directions
 
 
 def dominates(a: Sequence[float], b: Sequence[float], senses: Sequence[str]) -> bool:
@@ -25,11 +25,49 @@ def dominates(a: Sequence[float], b: Sequence[float], senses: Sequence[str]) -> 
 
 
 def non_dominated(rows: list[dict], objectives: Sequence[str]) -> list[dict]:
-    """The rows no other row dominates on ``objectives`` (keys of OBJECTIVES), input order kept."""
-    senses = [OBJECTIVES[k] for k in objectives]
+    """The rows no other row dominates on ``objectives`` (names in the objectives table), input order kept."""
+    senses = directions(objectives)
     vecs = [[float(r[k]) for k in objectives] for r in rows]
     return [r for i, r in enumerate(rows)
             if not any(dominates(vecs[j], vecs[i], senses) for j in range(len(rows)) if j != i)]
+
+
+def references(objectives: Sequence[str], budget_gmacs: float | None, teacher: dict) -> dict[str, float]:
+    """The reference value of each objective (its hypervolume corner): 0 for accuracy, the budget for
+    GMACs, the teacher's own value for latency and size (what compressing is measured against)."""
+    out = {}
+    for name in objectives:
+        ref = OBJECTIVES[name].reference
+        value = 0.0 if ref == "zero" else budget_gmacs if ref == "budget" else teacher.get(name)
+        if value is None or value <= 0 and ref != "zero":
+            raise ValueError(f"no {ref} value to normalise objective {name} by (got {value})")
+        out[name] = float(value)
+    return out
+
+
+def hypervolume(rows: list[dict], objectives: Sequence[str], refs: dict[str, float]) -> float:
+    """Volume dominated by ``rows`` inside the reference corner, over all ``objectives``, each
+    min-objective divided by its reference (so its corner is 1) and each max-objective (an accuracy
+    in %) measured up from its reference (0): in % x shares of the references. moocore's public
+    ``hypervolume`` (WFG-style exact algorithm, any number of objectives) on the minimisation form."""
+    import moocore
+    import numpy as np
+
+    pts = []
+    for r in rows:
+        vec = []
+        for name in objectives:
+            v = r.get(name)
+            if v is None:
+                break
+            vec.append(-(float(v) - refs[name]) if OBJECTIVES[name].direction == "max" else float(v) / refs[name])
+        else:
+            if all(x < (0.0 if OBJECTIVES[n].direction == "max" else 1.0) for x, n in zip(vec, objectives)):
+                pts.append(vec)
+    if not pts:
+        return 0.0
+    ref = np.array([0.0 if OBJECTIVES[n].direction == "max" else 1.0 for n in objectives])
+    return float(moocore.hypervolume(np.array(pts, dtype=float), ref=ref))
 
 
 @contextmanager
@@ -56,25 +94,27 @@ def figure(path: Path, xlabel: str, ylabel: str, title: str = "", height: float 
 
 
 def frontier_plot(rows: list[dict], front: list[dict], path: Path, budget_gmacs: float | None = None,
-                  teacher: dict | None = None, title: str = "", others: list[dict] | None = None) -> Path:
-    """Accuracy vs GMACs: finished trials (dominated ones faded), the Pareto front as a step
-    line, the teacher marked, the budget as a vertical line. ``others`` (e.g. stopped-early
-    trials' last values) are drawn as hollow markers. Writes a PNG."""
+                  teacher: dict | None = None, title: str = "", others: list[dict] | None = None,
+                  x: str = "gmacs", y: str = "val_top1") -> Path:
+    """``y`` (accuracy) against ``x`` (GMACs by default; latency, size): finished trials (dominated ones
+    faded), the Pareto front as a step line, the teacher marked, the budget as a vertical line when
+    x is GMACs. ``others`` (e.g. stopped-early trials' last values) are hollow markers. Writes a PNG."""
     ids = {id(r) for r in front}
-    dom = [r for r in rows if id(r) not in ids]
-    with figure(path, "GMACs (fvcore, 1 image)", "val top-1 (%)", title) as ax:
+    dom = [r for r in rows if id(r) not in ids and r.get(x) is not None]
+    with figure(path, METRICS[x].label, METRICS[y].label, title) as ax:
         if dom:
-            ax.scatter([r["gmacs"] for r in dom], [r["val_top1"] for r in dom], c="tab:blue", alpha=0.3,
-                       label="dominated trials")
+            ax.scatter([r[x] * METRICS[x].scale for r in dom], [r[y] for r in dom], c="tab:blue", alpha=0.3,
+                       label="dominated on all objectives")
+        others = [r for r in others or [] if r.get(x) is not None]
         if others:
-            ax.scatter([r["gmacs"] for r in others], [r["val_top1"] for r in others], facecolors="none",
+            ax.scatter([r[x] * METRICS[x].scale for r in others], [r[y] for r in others], facecolors="none",
                        edgecolors="grey", alpha=0.6, label="stopped early (last value)")
-        if front:
-            pts = sorted(front, key=lambda r: (r["gmacs"], -r["val_top1"]))
-            ax.plot([r["gmacs"] for r in pts], [r["val_top1"] for r in pts], "-o", c="tab:red",
+        pts = sorted((r for r in front if r.get(x) is not None), key=lambda r: (r[x], -r[y]))
+        if pts:
+            ax.plot([r[x] * METRICS[x].scale for r in pts], [r[y] for r in pts], "-o", c="tab:red",
                     drawstyle="steps-post", label="Pareto set")
-        if teacher and teacher.get("gmacs") is not None:
-            ax.scatter([teacher["gmacs"]], [teacher["val_top1"]], marker="*", s=160, c="black", label="teacher")
-        if budget_gmacs:
+        if teacher and teacher.get(x) is not None and teacher.get(y) is not None:
+            ax.scatter([teacher[x] * METRICS[x].scale], [teacher[y]], marker="*", s=160, c="black", label="teacher")
+        if budget_gmacs and x == "gmacs":
             ax.axvline(budget_gmacs, ls="--", c="grey", label=f"budget {budget_gmacs:g} GMACs")
     return Path(path)

@@ -15,6 +15,8 @@ from ray.tune import Callback
 
 from m2mdc.errors import UserError
 
+from m2mdc.objectives import METRICS
+
 from .outcome import MLFLOW_RUN_STATUS, trial_status
 
 
@@ -118,23 +120,24 @@ class SearchTracker:
         return self.runs[tid]
 
     def log_result(self, trial, result: dict) -> None:
+        """A report's numbers as metrics (per-epoch ones at every epoch, all at the end) and, at the
+        end, its text fields as tags, as METRICS declares them."""
         from mlflow.entities import Metric
 
         run_id = self.run_for(trial)
         step = int(result.get("training_iteration", 0))
         now = int(time.time() * 1000)
-        keys = ("val_top1", "gmacs", "epochs_done") if not result.get("final") else (
-            "val_top1", "test_top1", "gmacs", "params", "size_bytes", "sparsity", "latency_ms", "latency_spread_pct",
-            "sampled_gmacs",
-            "width_scale", "train_seconds", "epochs_done")
-        ms = [Metric(k, float(result[k]), now, step) for k in keys if isinstance(result.get(k), (int, float))]
+        final = bool(result.get("final"))
+        ms = [Metric(k, float(result[k]), now, step) for k, m in METRICS.items()
+              if m.kind == "metric" and (final or m.per_epoch) and isinstance(result.get(k), (int, float))
+              and not isinstance(result.get(k), bool)]
         if ms:
             self.client.log_batch(run_id, metrics=ms)
-        if result.get("final"):
-            for k in ("keep_cfg", "plan", "note", "latency_backend", "export_error", "node"):
-                if k in result:
-                    self.client.set_tag(run_id, k, str(result[k])[:5000])
-            self.client.set_tag(run_id, "int8", str(bool(result.get("int8"))).lower())
+        if final:
+            for k, m in METRICS.items():
+                if m.kind == "tag" and result.get(k) is not None:
+                    v = result[k]
+                    self.client.set_tag(run_id, k, str(v).lower() if isinstance(v, bool) else str(v)[:5000])
 
     def end_trial(self, trial, error: bool = False) -> None:
         run_id = self.run_for(trial)

@@ -10,7 +10,6 @@ every KD / training epoch (``final: False``) so ASHA can stop it, then once more
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import time
 import warnings
@@ -19,12 +18,16 @@ from pathlib import Path
 
 import torch
 
+from m2mdc.compiler import CompiledPlan, Target, compile_config
+from m2mdc.context import Context
 from m2mdc.cost import CostModel
 from m2mdc.data import Loader
-from m2mdc.pipeline import Context, run_plan, save_result
+from m2mdc.objectives import METRICS
+from m2mdc.results import save_result
+from m2mdc.runner import run_plan
 from m2mdc.train import evaluate
 
-from .trial_plan import build_trial_plan
+CONTROL = ("final", "feasible", "plan_step")  # report fields that steer the search rather than describe the model
 
 
 @dataclass
@@ -33,8 +36,8 @@ class SearchSetup:
 
     ctx: Context
     budget_gmacs: float
-    mode: str  # the space's mode: fractions | allocator
-    kd: dict  # profile KD settings: epochs (T), steps_per_epoch, batch_size
+    recipe: str  # the compiler recipe: the space's mode (fractions | allocator)
+    training: dict  # the profile's KD budget: epochs (T), steps_per_epoch, batch_size
     bins: int = 10
     probe_samples: int = 5000
     channel_scores: dict = field(default_factory=dict)  # signal -> {group: scores} (allocator mode)
@@ -44,14 +47,14 @@ class SearchSetup:
     quiet: bool = False
     trials_dir: str | None = None  # where trial_<id>/model goes (the experiment folder; shared storage on a cluster)
 
-    def plan_for(self, config: dict):
+    def target(self) -> Target:
         ctx = self.ctx
-        return build_trial_plan(config, adapter=ctx.adapter, teacher=ctx.teacher,
-                                cost=CostModel(ctx.adapter, ctx.ds.num_classes, ctx.ds.resolution),
-                                budget_gmacs=self.budget_gmacs,
-                                block_scores=ctx.get_block_scores(self.bins, self.probe_samples), kd=self.kd,
-                                mode=self.mode, channel_scores=self.channel_scores,
-                                probe_samples=self.probe_samples, bins=self.bins)
+        return Target(ctx.adapter, ctx.teacher, CostModel(ctx.adapter, ctx.ds.num_classes, ctx.ds.resolution),
+                      ctx.get_block_scores(self.bins, self.probe_samples), self.channel_scores)
+
+    def plan_for(self, config: dict) -> CompiledPlan:
+        return compile_config(config, self.target(), recipe=self.recipe, budget_gmacs=self.budget_gmacs,
+                              training=self.training, bins=self.bins, probe_samples=self.probe_samples)
 
 
 BULK_BYTES = 1 << 20  # tensors at least this big (datasets, teacher outputs) are shared zero-copy
@@ -114,6 +117,14 @@ def _report(metrics_row: dict) -> None:
     tune.report(metrics_row)
 
 
+def _row(**fields) -> dict:
+    """A report row; every field is a METRICS entry or a control field, so tracking and tables know it."""
+    unknown = set(fields) - set(METRICS) - set(CONTROL)
+    if unknown:
+        raise KeyError(f"trial reports undeclared field(s) {sorted(unknown)}; declare them in m2mdc.objectives.METRICS")
+    return fields
+
+
 def run_trial(config: dict, setup: SearchSetup, report=_report, out_dir: Path | None = None) -> dict:
     """Run one configuration; ``report`` receives every epoch row and the final row (returned).
 
@@ -126,33 +137,30 @@ def run_trial(config: dict, setup: SearchSetup, report=_report, out_dir: Path | 
     device = pick_device("cuda" if setup.use_gpu else "cpu")
     if device != ctx.device:
         ctx.device, ctx.teacher = device, ctx.teacher.to(device)
-    tp = setup.plan_for(config)
-    base = {"sampled_gmacs": tp.sampled_gmacs, "width_scale": tp.width_scale, "feasible": tp.feasible}
-    if not tp.feasible:
-        row = {**base, "final": True, "val_top1": 0.0, "gmacs": tp.gmacs, "note": "; ".join(tp.notes)}
+    compiled = setup.plan_for(config)
+    base = {"sampled_gmacs": compiled.sampled_gmacs, "width_scale": compiled.width_scale,
+            "feasible": compiled.feasible}
+    if not compiled.feasible:
+        row = _row(**base, final=True, val_top1=0.0, gmacs=compiled.gmacs, note="; ".join(compiled.notes))
         report(row)
         return row
     epochs_done = 0
 
     def on_epoch(row: dict):
         nonlocal epochs_done
-        loss = row.get("loss")
-        if loss is not None and not math.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss ({loss}) in plan step {row['step_index']} "
-                                     f"({row['step']}), epoch {row['epoch']}")
         epochs_done += 1
-        report({**base, "final": False, "val_top1": row["val_top1"], "gmacs": row["gmacs"],
-                "plan_step": row["step_index"], "epochs_done": epochs_done})
+        report(_row(**base, final=False, val_top1=row["val_top1"], gmacs=row["gmacs"], plan_step=row["step_index"],
+                    epochs_done=epochs_done))
 
     t0 = time.perf_counter()
-    model, record = run_plan(tp.plan, ctx, on_epoch=on_epoch, quiet=setup.quiet, eval_test=False)
+    model, record = run_plan(compiled.plan, ctx, on_epoch=on_epoch, quiet=setup.quiet, eval_test=False)
     test_device = "cpu" if record["int8"] else ctx.device
     record["test_top1"] = evaluate(model, Loader(ctx.ds.test, 512, test_device, resolution=ctx.ds.resolution))
-    final = {**base, "final": True, "val_top1": record["val_top1"], "test_top1": record["test_top1"],
-             "gmacs": record["gmacs"], "params": record["params"], "size_bytes": record["size_bytes"],
-             "int8": record["int8"], "sparsity": record["sparsity"], "train_seconds": time.perf_counter() - t0,
-             "epochs_done": epochs_done, "keep_cfg": json.dumps(record["keep_cfg"], sort_keys=True),
-             "plan": json.dumps([s["step"] for s in tp.plan])}
+    final = _row(**base, final=True, val_top1=record["val_top1"], test_top1=record["test_top1"],
+                 gmacs=record["gmacs"], params=record["params"], size_bytes=record["size_bytes"],
+                 int8=record["int8"], sparsity=record["sparsity"], train_seconds=time.perf_counter() - t0,
+                 epochs_done=epochs_done, keep_cfg=json.dumps(record["keep_cfg"], sort_keys=True),
+                 plan=json.dumps([s["step"] for s in compiled.plan]))
     if record["int8"]:  # what ships is the converted torch.export program, not the FP32 state_dict
         from m2mdc.deploy import shipped_size
 

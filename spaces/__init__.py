@@ -2,61 +2,32 @@
 
 A space file names an architecture, a mode and its parameters; every parameter is either fixed
 (a scalar), a float range (``{low, high}``, ``log: true`` for log-uniform) or a set of choices
-(``{choices: [...]}``). ``load_space`` validates everything against the architecture before any
-search starts, so a bad file is one clear error, not a failed trial.
+(``{choices: [...]}``). ``load_space`` validates everything against the architecture and the knob
+table (m2mdc.knobs: names, ranges, defaults, which mode reads them) before any search starts, so
+a bad file is one clear error, not a failed trial. Knobs a file leaves out are fixed at their
+defaults.
 
-Modes:
-
-* ``fractions`` (M2M-DC knobs): ``prune_ratio``, ``planes_keep`` (one fraction, or one per stage
-  with ``per_stage: true``), ``mid_keep``, ``order`` of the three structural edits (``b`` blocks,
-  ``p`` planes, ``m`` mid, e.g. ``bpm`` = the paper's order). Configurations over budget are
-  projected onto it (all width fractions scaled down together) before training.
-* ``allocator``: ``depth_share`` only; the information-guided allocator (m2mdc.allocate) spends
-  the budget on blocks and widths.
-
-Both modes: ``signal`` (channel ranking), ``alpha``/``beta`` (KD ramp targets), ``kd_lr``,
-``kl_weight``, ``qat`` (INT8 QAT on/off), ``sparsity`` (unstructured, 0 = off) and ``tail_order``
-(``sq`` = sparsity before QAT, ``qs`` = after) for the non-structural stages.
+Modes (the compiler's search recipes, m2mdc.compiler): ``fractions`` samples block and width
+fractions (a configuration over budget is projected onto it before training); ``allocator``
+samples only how the budget splits between depth and width and lets the allocator spend it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from m2mdc.errors import UserError
-from m2mdc.slicing import SIGNALS
+from m2mdc.knobs import KNOBS, ORDERS, SEARCH_RECIPES as MODES, TAIL_ORDERS  # noqa: F401 - re-exported
 
 SPACES_DIR = Path(__file__).resolve().parent
-ORDERS = ("bpm", "bmp", "pbm", "pmb", "mbp", "mpb")
-TAIL_ORDERS = ("sq", "qs")
-MODES = ("fractions", "allocator")
 
-# name -> (kind, lo, hi, lo_open, hi_open) for floats, or (kind, allowed choices)
-_FLOAT = "float"
-_CHOICE = "choice"
-PARAMS: dict[str, tuple] = {
-    "prune_ratio": (_FLOAT, 0.0, 1.0, False, True),
-    "planes_keep": (_FLOAT, 0.0, 1.0, True, False),
-    "mid_keep": (_FLOAT, 0.0, 1.0, True, False),
-    "depth_share": (_FLOAT, 0.0, 1.0, False, False),
-    "alpha": (_FLOAT, 0.0, math.inf, False, True),
-    "beta": (_FLOAT, 0.0, math.inf, False, True),
-    "kd_lr": (_FLOAT, 0.0, math.inf, True, True),
-    "kl_weight": (_FLOAT, 0.0, math.inf, False, True),
-    "sparsity": (_FLOAT, 0.0, 1.0, False, True),
-    "signal": (_CHOICE, SIGNALS),
-    "order": (_CHOICE, ORDERS),
-    "tail_order": (_CHOICE, TAIL_ORDERS),
-    "qat": (_CHOICE, (False, True)),
-}
-MODE_ONLY = {"fractions": ("prune_ratio", "planes_keep", "mid_keep", "order"), "allocator": ("depth_share",)}
-DEFAULTS = {"prune_ratio": 0.5, "planes_keep": 0.5, "mid_keep": 0.5, "depth_share": 0.5, "alpha": 0.1,
-            "beta": 0.1, "kd_lr": 1e-4, "kl_weight": 0.0, "sparsity": 0.0, "signal": "bn", "order": "bpm",
-            "tail_order": "sq", "qat": False}
+
+def knobs_of(mode: str) -> list[str]:
+    """The knobs a space of this mode may set, in table order (every one is present in a loaded space)."""
+    return [n for n, k in KNOBS.items() if k.space and mode in k.recipes]
 
 
 @dataclass(frozen=True)
@@ -98,7 +69,7 @@ class Space:
         return hashlib.sha256(self.text.encode()).hexdigest()[:12]
 
     def param_space(self) -> dict:
-        """The nested Ray Tune param_space (per-stage knobs nest as {"planes_keep": {stage: ...}})."""
+        """The nested Ray Tune param_space (a per-stage knob nests as {knob: {stage: ...}})."""
         out: dict = {}
         for name, p in self.params.items():
             head, _, tail = name.partition("/")
@@ -156,7 +127,7 @@ def parse_space(raw: Any, source: str = "<dict>", arch: str | None = None) -> Sp
     entries = raw.get("params") or {}
     if not isinstance(entries, dict):
         raise UserError(f"{where}: params must be a mapping of knob name to a value, a range or choices")
-    allowed = [n for n in PARAMS if n not in MODE_ONLY[{"fractions": "allocator", "allocator": "fractions"}[mode]]]
+    allowed = knobs_of(mode)
     bad = sorted(set(entries) - set(allowed))
     if bad:
         raise UserError(f"{where}: unknown or, in mode {mode}, unusable parameter(s) {bad}; allowed: {', '.join(allowed)}")
@@ -164,21 +135,21 @@ def parse_space(raw: Any, source: str = "<dict>", arch: str | None = None) -> Sp
     stages = adapter.stages(adapter.base_model(10))
     params: dict[str, Param] = {}
     for name in allowed:
-        spec = entries.get(name, DEFAULTS[name])
-        if name == "planes_keep" and isinstance(spec, dict) and spec.get("per_stage"):
+        knob = KNOBS[name]
+        spec = entries.get(name, knob.default)
+        if knob.per_stage and isinstance(spec, dict) and spec.get("per_stage"):
             rest = {k: v for k, v in spec.items() if k != "per_stage"}
             for stage in stages:
-                params[f"planes_keep/{stage}"] = _param(f"planes_keep/{stage}", PARAMS[name], rest, where)
+                params[f"{name}/{stage}"] = _param(f"{name}/{stage}", knob.rule, rest, where)
         else:
-            params[name] = _param(name, PARAMS[name], spec, where)
+            params[name] = _param(name, knob.rule, spec, where)
     canon = json.dumps({"arch": space_arch, "mode": mode,
                         "params": {n: {k: v for k, v in vars(p).items() if v is not None and k != "name"}
                                    for n, p in params.items()}}, sort_keys=True, default=list)
     return Space(space_arch, mode, params, source, canon)
 
 
-def _param(name: str, rule: tuple, spec: Any, where: str) -> Param:
-    kind = rule[0]
+def _param(name: str, rule, spec: Any, where: str) -> Param:
     at = f"{where}: {name}"
     if isinstance(spec, dict):
         keys = set(spec)
@@ -192,7 +163,7 @@ def _param(name: str, rule: tuple, spec: Any, where: str) -> Param:
                 _check_value(at, rule, c)
             return Param(name, choices=tuple(choices))
         if keys <= {"low", "high", "log"} and {"low", "high"} <= keys:
-            if kind != _FLOAT:
+            if rule.choices is not None:
                 raise UserError(f"{at} is categorical; give choices: [...] or a single value, not a range")
             lo, hi, log = spec["low"], spec["high"], bool(spec.get("log", False))
             for v in (lo, hi):
@@ -207,15 +178,7 @@ def _param(name: str, rule: tuple, spec: Any, where: str) -> Param:
     return Param(name, fixed=spec)
 
 
-def _check_value(at: str, rule: tuple, v: Any) -> None:
-    if rule[0] == _CHOICE:
-        if v not in rule[1] or (isinstance(v, bool) != isinstance(rule[1][0], bool)):
-            raise UserError(f"{at}: {v!r} is not one of {', '.join(map(str, rule[1]))}")
-        return
-    _, lo, hi, lo_open, hi_open = rule
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
-        raise UserError(f"{at}: {v!r} is not a finite number")
-    x = float(v)
-    if x < lo or x > hi or (lo_open and x == lo) or (hi_open and x == hi):
-        interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-        raise UserError(f"{at}: {v} is outside {interval}")
+def _check_value(at: str, rule, v: Any) -> None:
+    msg = rule.message(at, v)
+    if msg is not None:
+        raise UserError(msg)

@@ -13,7 +13,7 @@ from m2mdc.allocate import allocate, allocation_plan
 from m2mdc.cost import CostModel
 from m2mdc.errors import UserError
 from m2mdc.models import get_adapter
-from m2mdc.pipeline import validate_plan
+from m2mdc.steps import validate_plan
 from m2mdc.slicing import channel_scores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def test_plan_realises_the_allocation(setup):
 
 
 def _cli(*args, out_dir):
-    return subprocess.run([sys.executable, str(ROOT / "search" / "allocate.py"), "--arch", "resnet18",
+    return subprocess.run([sys.executable, "-m", "m2mdc.allocate", "--arch", "resnet18",
                            "--dataset", "digits", "--epochs", "1", "--out-dir", str(out_dir), *args],
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
 

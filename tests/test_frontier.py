@@ -183,13 +183,14 @@ def _interrupt_after_one_trial(cmd: list[str], out: Path, experiment: str) -> No
     assert proc.returncode == 130, log_file.read_text()[-3000:]
 
 
-# A configuration that is ahead at the first rung, then three that train identically (KD T=1: epoch 1
-# is pure CE, so beta does not act) and fall behind it there: an uninterrupted search with the eager cut
-# stops all three; a resumed one that forgot the first trial's rung value would let one of them run on.
+# A wide configuration, then three that train identically (KD T=1: epoch 1 is pure CE, so beta does not
+# act) at 5% of every width, near chance at the first rung whatever the teacher: an uninterrupted search
+# with the eager cut stops all three; a resumed one that forgot the first trial's rung value would let
+# one of them run on.
 ASHA_POINTS = [
-    {"prune_ratio": r, "planes_keep": {s: 0.9 for s in ("layer1", "layer2", "layer3", "layer4")}, "mid_keep": m,
+    {"prune_ratio": 0.0, "planes_keep": {s: w for s in ("layer1", "layer2", "layer3", "layer4")}, "mid_keep": w,
      "order": "bpm", "signal": "bn", "alpha": 0.1, "beta": b, "kd_lr": 1e-4, "sparsity": 0.0}
-    for r, m, b in [(0.74, 0.5, 0.1), (0.0, 0.9, 0.1), (0.0, 0.9, 0.2), (0.0, 0.9, 0.3)]]
+    for w, b in [(1.0, 0.1), (0.05, 0.1), (0.05, 0.2), (0.05, 0.3)]]
 
 
 def test_resume_stops_the_same_trials_as_an_uninterrupted_search(out, tmp_path):
@@ -207,7 +208,7 @@ def test_resume_stops_the_same_trials_as_an_uninterrupted_search(out, tmp_path):
 
     def statuses(name):
         children, by_status = check_search(out, name, 4)
-        return {(c.data.params["prune_ratio"], c.data.params["beta"]): by_status[c.data.tags["trial_id"]]
+        return {(c.data.params["planes_keep/layer1"], c.data.params["beta"]): by_status[c.data.tags["trial_id"]]
                 for c in children}
 
     whole, resumed = statuses("asha-whole"), statuses("asha-resumed")
@@ -274,7 +275,7 @@ def test_export_a_pareto_member_to_onnx(out):
     import numpy as np
     import onnxruntime as ort
 
-    from m2mdc.pipeline import load_result
+    from m2mdc.results import load_result
 
     client, _, children = mlflow_runs(out, "failing")  # the lean space: FP32 models
     member = next(c for c in children if c.data.tags.get("pareto") == "true")

@@ -9,7 +9,11 @@ import torch
 
 from m2mdc import metrics
 from m2mdc.errors import UserError
-from m2mdc.pipeline import Context, load_result, m2mdc_plan, run_plan, save_result, validate_plan
+from m2mdc.context import Context
+from m2mdc.presets import m2mdc_plan
+from m2mdc.results import load_result, save_result
+from m2mdc.runner import run_plan
+from m2mdc.steps import validate_plan
 from m2mdc.teacher import TeacherRecipe, get_teacher
 from m2mdc.train import evaluate
 from m2mdc.data import Loader

@@ -4,8 +4,11 @@ import torch
 
 from m2mdc.data import Loader
 from m2mdc.errors import UserError
-from m2mdc.pipeline import (PQD_ORDERS, PRESETS, Context, load_result, preset_plan, run_plan, save_result,
-                            validate_plan)
+from m2mdc.context import Context
+from m2mdc.presets import PQD_ORDERS, PRESETS, preset_plan
+from m2mdc.results import load_result, save_result
+from m2mdc.runner import run_plan
+from m2mdc.steps import validate_plan
 from m2mdc.teacher import TeacherRecipe, get_teacher
 from m2mdc.train import evaluate
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from m2mdc import quant, sparsity
+from m2mdc.latency import compile_for_cpu
 from m2mdc.bn import recalibrate_bn
 from m2mdc.data import Loader
 from m2mdc.errors import UserError
@@ -228,6 +229,6 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     monkeypatch.setattr(torch, "compile", broken)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fn, backend = quant.compile_for_cpu(model, torch.randn(1, 3, 8, 8))
+        fn, backend = compile_for_cpu(model, torch.randn(1, 3, 8, 8))
     assert fn is model and backend == "eager-fallback"
     assert any("no C++ compiler" in str(w.message) for w in caught)

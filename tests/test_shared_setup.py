@@ -10,7 +10,7 @@ import torch
 
 from m2mdc.distill import TeacherOutputs
 from m2mdc.models import get_adapter
-from m2mdc.pipeline import Context
+from m2mdc.context import Context
 from search.trainable import BULK_BYTES, SearchSetup, SharedSetup
 
 

@@ -6,8 +6,8 @@ from hypothesis import strategies as st
 from m2mdc import metrics
 from m2mdc.cost import CostModel
 from m2mdc.models import get_adapter
-from m2mdc.pipeline import validate_plan
-from search.trial_plan import build_trial_plan
+from m2mdc.compiler import Target, compile_config
+from m2mdc.steps import validate_plan
 
 ADAPTER = get_adapter("resnet18")
 TEACHER = ADAPTER.base_model(10)
@@ -29,8 +29,7 @@ configs = st.fixed_dictionaries({
 
 
 def plan_for(cfg, budget):
-    return build_trial_plan(cfg, adapter=ADAPTER, teacher=TEACHER, cost=COST, budget_gmacs=budget,
-                            block_scores=SCORES, kd=KD)
+    return compile_config(cfg, Target(ADAPTER, TEACHER, COST, SCORES), budget_gmacs=budget, training=KD)
 
 
 @settings(max_examples=60, deadline=None)
@@ -62,7 +61,7 @@ def test_fvcore_recount_of_the_planned_architecture(budget):
     assert metrics.gmacs(ADAPTER.rebuild(tp.keep_cfg, 10), 32) == pytest.approx(tp.gmacs, abs=1e-12)
     assert tp.gmacs <= budget
     # the projection is the largest common scale that fits: 5% more width would not
-    from search.trial_plan import _widths
+    from m2mdc.compiler import fraction_widths as _widths
 
     kept = frozenset(ADAPTER.block_name(s, i) for s, idx in tp.keep_cfg["blocks"].items() for i in idx)
     wider = _widths(COST, cfg["planes_keep"], cfg["mid_keep"], tp.width_scale + 0.05)

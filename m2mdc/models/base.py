@@ -17,7 +17,6 @@ tagged with it, which is what keeps residual additions shape-correct.
 """
 from __future__ import annotations
 
-import copy
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from typing import Callable
@@ -262,7 +261,3 @@ def _resize(model: nn.Module, groups: dict, widths: dict[str, int]) -> None:
         else:  # pragma: no cover - adapters only tag these three types
             raise TypeError(f"cannot resize {type(m).__name__} at {name}")
         setattr(parent, child, new)
-
-
-def clone(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model)

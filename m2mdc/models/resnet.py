@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models.resnet import Bottleneck
 
 from .base import Adapter
 
@@ -84,7 +84,3 @@ class ResNetAdapter(Adapter):
                 ref, what = block.conv1.in_channels, "conv1_in_C"
             if last.out_channels != ref:
                 raise ValueError(f"residual invariant broken in {name}: conv_out_C={last.out_channels} != {what}={ref}")
-
-
-def _is_resnet_block(m):
-    return isinstance(m, (BasicBlock, Bottleneck))

@@ -1,41 +1,41 @@
 """Allocate a GMAC budget over blocks, stage planes and block mid widths, guided by MI block
 scores and channel scores of the (cached) teacher; prints the keep configuration it chose.
 
-    python search/allocate.py --arch resnet18 --budget-gmacs 0.02 --dataset digits --json
+    python -m m2mdc.allocate --arch resnet18 --budget-gmacs 0.02 --dataset digits --json
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import sys
-import warnings
 
-from m2mdc import metrics
-from m2mdc.allocate import allocate, allocation_plan, check_budget
-from m2mdc.cost import CostModel
-from m2mdc.data import load_dataset, probe_loader
-from m2mdc.device import pick_device
-from m2mdc.errors import Parser, cli, check_range
-from m2mdc.io import ensure_writable, out_root
-from m2mdc.models import get_adapter
-from m2mdc.pipeline import prepare_context
-from m2mdc.slicing import SIGNALS, channel_scores
-from m2mdc.teacher import add_data_args, add_teacher_args, recipe_from_args
+from .. import metrics
+from ..allocate import check_budget
+from ..compiler import compile_config, target_of
+from ..context import prepare_context
+from ..cost import CostModel
+from ..data import load_dataset
+from ..device import pick_device
+from ..errors import Parser, UserError, check_range, cli
+from ..io import ensure_writable, out_root
+from ..knobs import KNOBS
+from ..models import get_adapter
+from .args import add_data_args, add_teacher_args, recipe_from_args
+from .compress import _knob_value
+
+KNOBS_USED = [k for k in KNOBS.values() if "allocator" in k.recipes]  # what the allocator recipe reads
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="python search/allocate.py", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m m2mdc.allocate", description=__doc__.split("\n\n")[0])
     add_teacher_args(p)
     add_data_args(p)
     g = p.add_argument_group("allocation")
     g.add_argument("--budget-gmacs", type=float, required=True,
                    help="GMAC budget of the student (fvcore count at --resolution), e.g. 0.02")
-    g.add_argument("--signal", default="bn", choices=SIGNALS,
-                   help="channel ranking signal: bn = |BN gamma| (default), l1 = filter L1, mi = channel MI")
-    g.add_argument("--depth-share", type=float, default=0.5,
-                   help="share of the MACs to remove that comes from removing blocks, in [0,1] (default 0.5)")
-    g.add_argument("--min-keep", type=float, default=0.0625,
-                   help="smallest share of a group's channels the width phase keeps, in (0,1] (default 1/16)")
+    for knob in KNOBS_USED:
+        g.add_argument(knob.flag, dest=f"knob_{knob.name}", type=_knob_value(knob), default=knob.default,
+                       help=f"{knob.doc} (default {knob.default})")
     g.add_argument("--bins", type=int, default=10, help="MI quantile bins (default 10)")
     g.add_argument("--probe-samples", type=int, default=5000, help="probe images for MI scores (default 5000)")
     g.add_argument("--kd-epochs", type=int, default=5, help="KD epochs per repair in the emitted plan (default 5)")
@@ -65,12 +65,15 @@ def summary_lines(result: dict, cost: CostModel, fvcore_gmacs: float) -> list[st
 
 @cli
 def main(argv=None):
-    # fvcore's import uses torch.jit.script, which torch 2.x flags as deprecated on every run
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     a = build_parser().parse_args(argv)
     recipe = recipe_from_args(a)
-    check_range("--depth-share", a.depth_share, 0.0, 1.0, hint="it is the share of removed MACs taken by depth")
-    check_range("--min-keep", a.min_keep, 0.0, 1.0, lo_open=True, hint="a share of channels, e.g. 0.0625")
+    config = {}
+    for knob in KNOBS_USED:
+        value = getattr(a, f"knob_{knob.name}")
+        msg = knob.rule.message(knob.flag, value)
+        if msg is not None:
+            raise UserError(msg)
+        config[knob.name] = value
     check_range("--bins", a.bins, 2, 1000)
     check_range("--probe-samples", a.probe_samples, 1, 10 ** 7)
     check_range("--kd-epochs", a.kd_epochs, 1, 10 ** 6)
@@ -84,25 +87,22 @@ def main(argv=None):
     print(f"{ds.describe()}; device {device}", file=log)
     with contextlib.redirect_stdout(log) if a.json else contextlib.nullcontext():
         ctx = prepare_context(a.arch, ds, recipe, device, a.out_dir)
-        block_scores = ctx.get_block_scores(a.bins, a.probe_samples)
-        groups = [g for g in adapter.group_widths(ctx.teacher) if g.partition(":")[0] in ("planes", "mid", "mid2")]
-        probe = probe_loader(ds, device, max_samples=a.probe_samples) if a.signal == "mi" else None
-        scores = channel_scores(ctx.teacher, adapter, groups, a.signal, probe, a.bins)
-        result = allocate(adapter, ctx.teacher, a.budget_gmacs, ds.num_classes, ds.resolution, block_scores,
-                          scores, depth_share=a.depth_share, min_keep=a.min_keep, cost=cost)
+        compiled = compile_config(config, target_of(ctx, a.bins, a.probe_samples), recipe="allocator",
+                                  budget_gmacs=a.budget_gmacs, training={"epochs": a.kd_epochs}, bins=a.bins,
+                                  probe_samples=a.probe_samples)
+    result = compiled.details
     fv = metrics.gmacs(adapter.rebuild(result["keep_cfg"], ds.num_classes), ds.resolution)
     t = ctx.teacher_record
     head = (f"allocation for {a.arch} on {ds.name} ({ds.resolution}x{ds.resolution}): budget {a.budget_gmacs:g} GMACs, "
-            f"signal {a.signal}, depth share {a.depth_share:g}, min keep {a.min_keep:g}; teacher val top-1 "
-            f"{t['val_top1']:.2f}%, {result['steps']} greedy steps")
+            + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in config.items())
+            + f"; teacher val top-1 {t['val_top1']:.2f}%, {result['steps']} greedy steps")
     lines = [head] + summary_lines(result, cost, fv)
     if a.json:
         print("\n".join(lines), file=log)
         out = {"arch": a.arch, "dataset": ds.name, "resolution": ds.resolution, "num_classes": ds.num_classes,
-               "signal": a.signal, "depth_share": a.depth_share, "min_keep": a.min_keep, **result,
-               "fvcore_gmacs": fv, "teacher": {"val_top1": t.get("val_top1"), "test_top1": t.get("test_top1"),
-                                                 "path": str(ctx.cache_dir)},
-               "plan": allocation_plan(result, a.signal, {"epochs": a.kd_epochs})}
+               **config, **result, "fvcore_gmacs": fv,
+               "teacher": {"val_top1": t.get("val_top1"), "test_top1": t.get("test_top1"), "path": str(ctx.cache_dir)},
+               "plan": compiled.plan}
         json.dump(out, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:

@@ -1,0 +1,288 @@
+"""One compiler from a flat configuration of knobs to a plan: validated plan, final keep_cfg and its
+cost, in one call, before any training. Used by the compress CLI, the search's trials, the
+baselines, the paper table and the allocator mode; the only place that maps knobs onto steps.
+
+Recipes:
+
+* ``fractions`` (a search's default): block pruning by the teacher's cached MI scores, planes and
+  mid widths as fractions of the full widths, the three edits in the sampled ``order``, each
+  followed by a KD repair, then optional sparsity and QAT (each followed by KD, in ``tail_order``).
+  The final architecture is known before training, so a configuration over ``budget_gmacs`` is
+  *projected* onto it: every width fraction is scaled by one factor s in (0, 1], the largest that
+  fits (bisection). Only a configuration whose kept blocks cannot fit even at one channel per
+  group is infeasible; it compiles to no plan, and the search reports it to the sampler.
+* ``allocator``: the information-guided allocator (m2mdc.allocate) spends the budget, split
+  between depth and width by ``depth_share``.
+* ``m2mdc``, ``m2mdc+qat`` and the PQD orders: the papers' named plans (m2mdc.presets).
+
+The training budget (KD epochs T, batches per epoch, batch size, seed; PQD's total epochs and
+split) is an argument, not a knob: a search fixes it by profile, the compress CLI by flags.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .allocate import allocate, allocation_plan
+from .cost import CostModel
+from .errors import UserError
+from .knobs import KNOBS, resolve, step_settings
+from .models.base import Adapter
+from .presets import PQD_EPOCHS, PQD_ORDERS, PQD_SPARSITY, PQD_SPLIT, PRESETS, m2mdc_plan, pqd_plan
+from .prune_blocks import keep_blocks_after, select_blocks_to_prune
+from .slicing import SIGNALS, keep_width
+from .steps import plan_reports, validate_plan
+
+RECIPES = ("fractions", "allocator", *PRESETS)
+BISECTION_STEPS = 40
+
+
+@dataclass
+class Target:
+    """What the compiler needs to know about the teacher: its structure, cost model and MI ranking
+    (a dict, or a function computing it on first use: recipes that remove no block by MI never
+    pay for it). ``channel_scores`` (signal -> {group: scores}) only for the allocator recipe."""
+
+    adapter: Adapter
+    teacher: nn.Module  # the full model (only its structure is read)
+    cost: CostModel
+    block_scores: dict[str, float] | Callable[[], dict[str, float]]
+    channel_scores: dict = field(default_factory=dict)
+
+    def scores(self) -> dict[str, float]:
+        if callable(self.block_scores):
+            self.block_scores = self.block_scores()
+        return self.block_scores
+
+
+class ChannelScores(dict):
+    """signal -> {group: channel scores} of a teacher's planes / mid groups (what the allocator values
+    width by), computed on first use of a signal."""
+
+    def __init__(self, ctx, probe_samples: int = 5000, bins: int = 10):
+        super().__init__()
+        self.ctx, self.probe_samples, self.bins = ctx, probe_samples, bins
+
+    def __missing__(self, signal: str):
+        from .data import probe_loader
+        from .slicing import channel_scores
+
+        ctx = self.ctx
+        groups = [g for g in ctx.adapter.group_widths(ctx.teacher) if g.split(":")[0] in ("planes", "mid", "mid2")]
+        probe = probe_loader(ctx.ds, ctx.device, max_samples=self.probe_samples) if signal == "mi" else None
+        self[signal] = channel_scores(ctx.teacher, ctx.adapter, groups, signal, probe, self.bins)
+        return self[signal]
+
+    def __contains__(self, signal) -> bool:
+        return signal in SIGNALS
+
+    def __reduce__(self):  # shipped to trials as the scores computed so far (no Context inside)
+        return dict, (dict(self.items()),)
+
+
+def target_of(ctx, bins: int = 10, probe_samples: int = 5000) -> Target:
+    """The compile target of a Context's teacher: MI block scores from its cache and channel scores,
+    each computed when first needed."""
+    return Target(ctx.adapter, ctx.teacher, CostModel(ctx.adapter, ctx.ds.num_classes, ctx.ds.resolution),
+                  lambda: ctx.get_block_scores(bins, probe_samples), ChannelScores(ctx, probe_samples, bins))
+
+
+def dry_target(arch: str, num_classes: int, resolution: int) -> Target:
+    """A target without a trained teacher (equal block scores): compiling against it checks a
+    configuration's values and plan before any teacher is trained; its architecture is not the real one."""
+    from .models import get_adapter
+
+    adapter = get_adapter(arch)
+    teacher = adapter.base_model(num_classes)
+    groups = {g: w for g, w in adapter.group_widths(teacher).items() if g.split(":")[0] in ("planes", "mid", "mid2")}
+    flat = {g: torch.ones(w) for g, w in groups.items()}
+    return Target(adapter, teacher, CostModel(adapter, num_classes, resolution),
+                  {b: 0.0 for b in adapter.blocks(teacher)}, {s: flat for s in SIGNALS})
+
+
+@dataclass
+class CompiledPlan:
+    plan: list[dict]  # validated, every setting filled in ([] when infeasible)
+    keep_cfg: dict  # the architecture the plan ends with
+    gmacs: float  # its GMACs (<= budget when feasible and a budget was given)
+    sampled_gmacs: float  # GMACs of the configuration as given, before projection
+    width_scale: float = 1.0  # s: the factor every width fraction was multiplied by (1 = not projected)
+    feasible: bool = True
+    notes: list[str] = field(default_factory=list)
+    details: dict = field(default_factory=dict)  # what the recipe decided on the way (the allocator's result)
+
+    @property
+    def projected(self) -> bool:
+        return self.width_scale < 1.0
+
+    @property
+    def kd_steps(self) -> int:
+        return sum(s["step"] == "kd" for s in self.plan)
+
+    @property
+    def reports(self) -> int:
+        """Progress reports the plan emits (one per training epoch)."""
+        return plan_reports(self.plan) if self.plan else 0
+
+
+def compile_config(config: dict, target: Target, *, recipe: str = "fractions", budget_gmacs: float | None = None,
+                   training: dict | None = None, bins: int = 10, probe_samples: int = 5000) -> CompiledPlan:
+    """The plan of ``config`` (knob name -> value; missing knobs take the table's defaults).
+
+    ``training``: the KD repairs' budget (epochs, steps_per_epoch, batch_size, seed) and, for the
+    PQD recipes, ``pqd_epochs`` and ``split``. ``bins`` / ``probe_samples`` are the MI settings the
+    ``block_scores`` were computed with.
+    """
+    if recipe not in RECIPES:
+        raise UserError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    training = dict(training or {})
+    pqd = {k: training.pop(k) for k in ("pqd_epochs", "split") if k in training}
+    v = resolve(config, recipe)
+    if recipe in PQD_ORDERS and "sparsity" not in config:
+        v["sparsity"] = PQD_SPARSITY
+    kd = {**training, **step_settings(v, "kd")}
+    mi = {"bins": bins, "probe_samples": probe_samples}
+    if recipe == "fractions":
+        out = _fractions(v, target, budget_gmacs, kd, mi)
+    elif recipe == "allocator":
+        out = _allocator(v, target, budget_gmacs, kd, mi)
+    elif recipe in PQD_ORDERS:
+        full = target.cost.keep_cfg(frozenset(target.cost.blocks), target.cost.full_knob_widths)
+        plan = pqd_plan(recipe, v["sparsity"], pqd.get("pqd_epochs", PQD_EPOCHS), pqd.get("split", PQD_SPLIT),
+                        **{k: x for k, x in kd.items() if k not in ("epochs",)})
+        out = CompiledPlan(plan, full, target.cost.full_gmacs, target.cost.full_gmacs)
+    else:
+        out = _m2mdc(v, config.get("keep_blocks"), target, kd, mi, qat=recipe == "m2mdc+qat")
+    if out.feasible:
+        out.plan = validate_plan(out.plan + _added_steps(v, config), target.adapter.arch, target.cost.num_classes)
+    return out
+
+
+def _added_steps(values: dict, config: dict) -> list[dict]:
+    """Steps that knobs add when set away from their default (``Knob.adds``), at the plan's end."""
+    return [{"step": k.adds, **step_settings({name: config[name]}, k.adds)} for name, k in KNOBS.items()
+            if k.adds and name in config and config[name] != k.default]
+
+
+def kd_step(kd: dict) -> dict:
+    return {"step": "kd", **kd}
+
+
+def tail_steps(v: dict, kd: dict) -> list[dict]:
+    """Unstructured sparsity and INT8 QAT (each followed by a KD repair) in ``tail_order``."""
+    parts = {"s": [{"step": "sparsity", "target": float(v["sparsity"])}, kd_step(kd)] if v["sparsity"] > 0 else [],
+             "q": [{"step": "qat"}, kd_step(kd)] if v["qat"] else []}
+    return [s for c in v["tail_order"] for s in parts[c]]
+
+
+def fraction_widths(cost: CostModel, planes: dict[str, float], mid: float, scale: float) -> dict[str, int]:
+    """Knob widths for planes fractions (per stage), one mid fraction, all scaled by ``scale``."""
+    out = {}
+    for knob, full in cost.full_knob_widths.items():
+        kind, _, owner = knob.partition(":")
+        frac = planes[owner] if kind == "planes" else mid
+        out[knob] = keep_width(full, frac * scale)
+    return out
+
+
+def _planes_fractions(v: dict, cost: CostModel) -> dict[str, float]:
+    p = v["planes_keep"]
+    return {s: float(p[s]) if isinstance(p, dict) else float(p) for s in cost.stage_blocks}
+
+
+def _fractions(v: dict, target: Target, budget_gmacs: float | None, kd: dict, mi: dict) -> CompiledPlan:
+    adapter, teacher, cost = target.adapter, target.teacher, target.cost
+    pruned = select_blocks_to_prune(target.scores(), adapter, teacher, float(v["prune_ratio"]))
+    keep_blocks = keep_blocks_after(adapter, teacher, pruned)
+    kept = frozenset(b for b in cost.blocks if b not in set(pruned))
+    planes, mid = _planes_fractions(v, cost), float(v["mid_keep"])
+    sampled = cost.macs_of(kept, fraction_widths(cost, planes, mid, 1.0))
+    budget_macs = budget_gmacs * 1e9 if budget_gmacs is not None else float("inf")
+    scale, feasible = 1.0, True
+    if sampled > budget_macs:
+        lo, hi = 0.0, 1.0  # invariant: scale lo fits (checked below), hi does not
+        if cost.macs_of(kept, fraction_widths(cost, planes, mid, 0.0)) > budget_macs:
+            feasible = False
+        else:
+            for _ in range(BISECTION_STEPS):
+                m = (lo + hi) / 2
+                if cost.macs_of(kept, fraction_widths(cost, planes, mid, m)) <= budget_macs:
+                    lo = m
+                else:
+                    hi = m
+            scale = lo
+    widths = fraction_widths(cost, planes, mid, scale)
+    keep_cfg = cost.keep_cfg(kept, widths)
+    gmacs = cost.macs_of(kept, widths) / 1e9
+    if not feasible:
+        return CompiledPlan([], keep_cfg, gmacs, sampled / 1e9, 0.0, feasible=False,
+                            notes=[f"{len(kept)} kept blocks exceed the budget even at one channel per group"])
+    ranking = {**step_settings(v, "widths"), **mi}
+    cut = {kind: any(widths[k] < cost.full_knob_widths[k] for k in widths if k.startswith(kind + ":"))
+           for kind in ("planes", "mid")}
+    edits = {
+        "b": [{"step": "block_prune", "keep_blocks": keep_blocks, **mi}] if pruned else [],
+        "p": [{"step": "widths", "keep_cfg": {"planes": keep_cfg["planes"]}, **ranking}] if cut["planes"] else [],
+        "m": [{"step": "widths", "keep_cfg": {"mid": dict(keep_cfg["mid"])}, **ranking}] if cut["mid"] else [],
+    }
+    plan: list[dict] = []
+    for c in v["order"]:
+        for s in edits[c]:
+            plan += [s, kd_step(kd)]
+    plan += tail_steps(v, kd)
+    if not plan:  # the full model fits and nothing else was asked: one KD pass keeps trials comparable
+        plan = [kd_step(kd)]
+    return CompiledPlan(plan, keep_cfg, gmacs, sampled / 1e9, scale)
+
+
+def _allocator(v: dict, target: Target, budget_gmacs: float | None, kd: dict, mi: dict) -> CompiledPlan:
+    if budget_gmacs is None:
+        raise UserError("the allocator recipe needs a GMACs budget to spend")
+    cost, signal = target.cost, v["signal"]
+    if signal not in target.channel_scores:
+        raise ValueError(f"no channel scores for signal {signal!r}; compute them for every signal the space samples")
+    result = allocate(target.adapter, target.teacher, budget_gmacs, cost.num_classes, cost.resolution,
+                      target.scores(), target.channel_scores[signal], depth_share=float(v["depth_share"]),
+                      min_keep=float(v["min_keep"]), cost=cost)
+    plan = allocation_plan(result, signal, kd, mi)
+    return CompiledPlan(plan + tail_steps(v, kd), result["keep_cfg"], result["gmacs"], result["gmacs"],
+                        details=result)
+
+
+def _m2mdc(v: dict, keep_blocks: dict | None, target: Target, kd: dict, mi: dict, qat: bool) -> CompiledPlan:
+    """The paper's plan, priced before training: blocks from the MI ranking (or ``keep_blocks``),
+    widths from the fractions exactly as the planes / mid steps compute them."""
+    adapter, teacher, cost = target.adapter, target.teacher, target.cost
+    if keep_blocks is not None:
+        cfg = adapter.validate_keep_cfg({"blocks": keep_blocks}, cost.num_classes)
+        kept = frozenset(adapter.block_name(s, i) for s, idx in cfg["blocks"].items() for i in idx) | frozenset(
+            b for b in cost.blocks if adapter.stage_of(b) not in cfg["blocks"])
+    else:
+        ratio = float(v["prune_ratio"])
+        kept = frozenset(cost.blocks) - set(select_blocks_to_prune(target.scores(), adapter, teacher, ratio)
+                                            if ratio else [])
+    widths = fraction_widths(cost, _planes_fractions(v, cost), float(v["mid_keep"]), 1.0)
+    keep_cfg = cost.keep_cfg(kept, widths)
+    signal = step_settings(v, "planes").get("signal", "bn")
+    plan = m2mdc_plan(None if keep_blocks is not None else v["prune_ratio"], v["planes_keep"], v["mid_keep"],
+                      keep_blocks, signal, **kd)
+    for s in plan:
+        if s["step"] in ("block_prune", "planes", "mid"):
+            s.update(mi)
+    if qat:
+        plan += [{"step": "qat"}, kd_step(kd)]
+    gmacs = cost.macs_of(kept, widths) / 1e9
+    return CompiledPlan(plan, keep_cfg, gmacs, gmacs)
+
+
+def max_reports(target: Target, recipe: str, budget_gmacs: float | None, training: dict) -> int:
+    """An upper bound of the progress reports a trial of ``recipe`` emits (ASHA's max_t): the plan of a
+    configuration with every optional stage on (all three edits, sparsity, QAT), plus the final report."""
+    widest = {"prune_ratio": 0.5, "planes_keep": 0.5, "mid_keep": 0.5, "depth_share": 0.5, "sparsity": 0.5,
+              "qat": True}
+    plan = compile_config(widest, target, recipe=recipe, training=training,
+                          budget_gmacs=budget_gmacs if recipe == "allocator" else None).plan
+    return plan_reports(plan) + 1
