@@ -140,6 +140,9 @@ def run_search(req: SearchRequest) -> int:
           f"trials, KD T={req.training['epochs']}{f', {steps} batches/epoch' if steps else ''}", flush=True)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state saved often: resume loses little
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Per-epoch reports carry only what ASHA reads; the objectives arrive with the final report, the
+    # only one the searcher tells Optuna (search/optuna_search.py). Ray would reject the epoch rows.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # Ray first: a cluster that cannot be joined fails before any teacher training. Its start is mostly
     # waiting for daemons: import MLflow and open an existing store meanwhile (~2 s of driver CPU; a
     # store that does not exist yet is not created, so a failed start leaves nothing behind).

@@ -318,3 +318,36 @@ def test_baselines_on_the_same_budget(out):
     plan = json.loads((out / "search" / "failing" / f"trial_{trial_id}" / "model" / "record.json").read_text())["plan"]
     assert {row["kd_epochs"] for row in rows} == {sum(st["step"] == "kd" for st in plan)}
     assert (folder / "baselines.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_latency_objective_front_and_hypervolume_over_three_objectives(out):
+    """--objectives acc-gmacs-latency: every trial records a latency and its backend; review computes
+    the front and the hypervolume over all three (one plot per objective against accuracy)."""
+    from analysis import review
+
+    frontier(out, "--name", "latency", "--space", str(LEAN), "--num-samples", "2", "--no-asha",
+             "--objectives", "acc-gmacs-latency")
+    client, parents, children = mlflow_runs(out, "latency")
+    assert parents[0].data.tags["objectives"] == "val_top1,gmacs,latency_ms"
+    assert parents[0].data.metrics["teacher_latency_ms"] > 0
+    done = [c for c in children if c.data.tags["status"] == "completed"]
+    assert done and all(c.data.metrics["latency_ms"] > 0 and c.data.tags["latency_backend"] in
+                        ("inductor", "eager-fallback") for c in done)
+    search = review.load_search(client, "latency")
+    assert search.objectives == ("val_top1", "gmacs", "latency_ms")
+    _, front = review.pareto_table(search)
+    rows = [{"id": c.data.tags["trial_id"], **c.data.metrics} for c in done]
+    assert {t["trial_id"] for t in front} == {r["id"] for r in non_dominated(rows, ("val_top1", "gmacs", "latency_ms"))}
+    refs = search.references
+    assert refs == {"val_top1": 0.0, "gmacs": BUDGET, "latency_ms": parents[0].data.metrics["teacher_latency_ms"]}
+    import numpy as np
+    pts = [[-t["val_top1"], t["gmacs"] / refs["gmacs"], t["latency_ms"] / refs["latency_ms"]] for t in front
+           if t["latency_ms"] < refs["latency_ms"]]
+    import moocore
+    want = float(moocore.hypervolume(np.array(pts), ref=np.array([0.0, 1.0, 1.0]))) if pts else 0.0
+    assert review.hypervolume_curve(search)[-1] == pytest.approx(want)
+    r = subprocess.run([sys.executable, "analysis/review.py", "--experiment", "latency", "--out-dir", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "objectives val_top1, gmacs, latency_ms" in r.stdout
+    assert (out / "review" / "latency" / "frontier-latency_ms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
