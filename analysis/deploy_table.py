@@ -18,26 +18,16 @@ from m2mdc.errors import Parser, UserError, cli
 
 
 def load_teacher(folder: Path):
-    from m2mdc.io import load_state_dict
-    from m2mdc.models import get_adapter
+    """A cached teacher folder: its record, and its weights (its model.pt, or the user's checkpoint it names)."""
+    from m2mdc.teacher import read_checkpoint
 
     try:
         rec = json.loads((folder / "record.json").read_text())
     except (OSError, ValueError):
         raise UserError(f"{folder} is not a cached teacher folder (no record.json)") from None
-    adapter = get_adapter(rec["arch"])
-    sd = load_state_dict(folder / "model.pt", "teacher")
-    head = sd.get(f"{adapter.head_name}.weight")
-    if head is None:
-        raise UserError(f"{folder / 'model.pt'} has no {adapter.head_name}.weight; it is not a {rec['arch']} teacher")
-    model = adapter.base_model(head.shape[0])
-    try:
-        model.load_state_dict(sd)
-    except RuntimeError:
-        raise UserError(f"{folder / 'model.pt'} does not match {rec['arch']}; point --teacher at a cached teacher "
-                        f"folder") from None
+    model = read_checkpoint(rec.get("file") or folder / "model.pt", rec["arch"])
     rec.update(int8=False, sparsity=0.0, label="teacher (FP32)")
-    return model.eval(), rec
+    return model, rec
 
 
 @cli

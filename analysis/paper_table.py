@@ -25,9 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+from m2mdc.cli.args import add_data_args, add_teacher_args, dataset_from_args, teacher_from_args
 from m2mdc.errors import Parser, UserError, check_range, cli
 from m2mdc.io import ensure_writable, out_root, stable_hash, write_json, write_text
-from m2mdc.cli.args import add_data_args, add_teacher_args, recipe_from_args
+from m2mdc.models import split_arch
 
 SOURCE = "arXiv:2511.06842v2 (M2M-DC), abstract"
 # What the paper states for CIFAR-100 (its abstract; the full tables were not available offline).
@@ -79,7 +80,7 @@ def paper_size_config(ctx, target, arch: str) -> tuple[dict, dict]:
     from m2mdc import metrics
     from m2mdc.compiler import compile_config
 
-    want = PAPER[arch]
+    want = PAPER[split_arch(arch)[0]]
     nc, adapter, cost = ctx.ds.num_classes, ctx.adapter, target.cost
     t_params = metrics.count_params(adapter.base_model(nc))
     candidates = []
@@ -163,16 +164,18 @@ def main(argv=None):
         raise UserError(f"--seeds {a.seeds!r} repeats a seed")
     check_range("--kd-epochs", a.kd_epochs, 1, 10 ** 4)
     check_range("--steps-per-epoch", a.steps_per_epoch, 0, 10 ** 9)
-    recipe = recipe_from_args(a)
+    recipe = teacher_from_args(a)
+    from m2mdc.models import arch_id
+
+    archs = [arch_id(x, a.stem) for x in archs]
 
     from m2mdc import metrics
     from m2mdc.compiler import compile_config, target_of
     from m2mdc.context import prepare_context
-    from m2mdc.data import load_dataset
     from m2mdc.device import pick_device
 
     device = pick_device(a.device)
-    ds = load_dataset(a.dataset, a.data_dir, a.resolution, a.val_size, a.split_seed)
+    ds = dataset_from_args(a, arch=archs[0])
     root = ensure_writable(out_root(a.out_dir) / "paper_table")
     report = {"source": SOURCE, "dataset": ds.name, "seeds": seeds, "kd_epochs": a.kd_epochs,
               "steps_per_epoch": a.steps_per_epoch or None, "teacher_epochs": recipe.epochs, "size": a.size,
@@ -221,7 +224,7 @@ def render(report: dict) -> str:
     lines = ["| arch | model | paper top-1 | here test top-1 | here val top-1 | paper params | here params "
              "(100 / 10 cls) | paper GMACs | here GMACs |", "|---|---|---|---|---|---|---|---|---|"]
     for arch, r in report["archs"].items():
-        paper = PAPER[arch]
+        paper = PAPER[split_arch(arch)[0]]
         for label in ROWS:
             s = r["stages"].get(label)
             if s is None:
@@ -247,7 +250,7 @@ def render(report: dict) -> str:
                                f"{arch} prune {r['fractions']['block_prune.ratio']}, planes "
                                f"{r['fractions']['planes.keep']}, mid {r['fractions']['mid.keep']} -> params {r['shares']['params_share']:.3f}, GMACs "
                                f"{r['shares']['gmacs_share']:.3f} of the teacher (paper "
-                               f"{PAPER[arch]['params_share']:.2f}, {PAPER[arch]['gmacs_share']:.2f})"
+                               f"{PAPER[split_arch(arch)[0]]['params_share']:.2f}, {PAPER[split_arch(arch)[0]]['gmacs_share']:.2f})"
                                for arch, r in report["archs"].items()))
              if report["size"] == "paper" else "the defaults prune 0.5, planes 0.5, mid 0.5 are used"}
     lines += ["", f"Here: {report['dataset']}, mean ± sample std over seeds {report['seeds']}; selection on val, "

@@ -72,8 +72,8 @@ def load_search(client, name: str) -> Search:
     parent = parents[-1]  # the latest search of that name
     trials = []
     for r in runs:
-        if r.data.tags.get("mlflow.parentRunId") != parent.info.run_id:
-            continue
+        if r.data.tags.get("mlflow.parentRunId") != parent.info.run_id or r.data.tags.get("role") != "trial":
+            continue  # (finalized re-trainings are children too: analysis/finalize.py)
         values = {k: (r.data.tags.get(k) if m.kind == "tag" else r.data.metrics.get(k)) for k, m in METRICS.items()}
         values["int8"] = r.data.tags.get("int8") == "true"
         trials.append({"run_id": r.info.run_id, "trial_id": r.data.tags.get("trial_id"),

@@ -201,8 +201,9 @@ def allocate(adapter: Adapter, model: nn.Module, budget_gmacs: float, num_classe
                 depth_removed += m
 
     # ---- 2. width: least information lost per MAC saved, until it fits ----------------------
-    floors = {k: max(1, math.ceil(float(min_keep) * w - 1e-9)) for k, w in cost.full_knob_widths.items()}
-    step_of = {k: max(1, round(w / SHRINK_DIVISIONS)) for k, w in cost.full_knob_widths.items()}
+    q = cost.quantum  # widths a grouped conv reads move in whole conv groups
+    floors = {k: q[k] * max(1, math.ceil(float(min_keep) * w / q[k] - 1e-9)) for k, w in cost.full_knob_widths.items()}
+    step_of = {k: q[k] * max(1, round(w / SHRINK_DIVISIONS / q[k])) for k, w in cost.full_knob_widths.items()}
     knob_order = {k: i for i, k in enumerate(cost.knobs)}
     relaxed = False
 
@@ -239,8 +240,8 @@ def allocate(adapter: Adapter, model: nn.Module, budget_gmacs: float, num_classe
         # ... then let widths go down to one channel
         if not relaxed:
             relaxed = True
-            floors = {k: 1 for k in floors}
-            step_of = {k: 1 for k in step_of}
+            floors = {k: q[k] for k in floors}
+            step_of = {k: q[k] for k in step_of}
             continue
         raise RuntimeError(f"cannot reach {budget} MACs (at {macs}); min_gmacs is inconsistent")  # pragma: no cover
 
@@ -251,17 +252,17 @@ def allocate(adapter: Adapter, model: nn.Module, budget_gmacs: float, num_classe
             w = widths[k]
             if not active(k) or w >= cost.full_knob_widths[k]:
                 continue
-            added = cost.knob_delta(kept, widths, k, w + 1)
+            added = cost.knob_delta(kept, widths, k, w + q[k])
             if macs + added > budget:
                 continue
-            gain = prefix[k][w + 1] - prefix[k][w]
+            gain = prefix[k][w + q[k]] - prefix[k][w]
             key = (-(gain / added) if added > 0 else -math.inf, added, knob_order[k])
             if best is None or key < best[0]:
                 best = (key, k, added)
         if best is None:
             break
         _, k, added = best
-        widths[k] += 1
+        widths[k] += q[k]
         macs += added
         steps += 1
 

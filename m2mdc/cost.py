@@ -76,6 +76,9 @@ class CostModel:
             if kind == "mid2":
                 self.knobs.setdefault(f"mid:{owner}", []).append(g)
         self.full_knob_widths: dict[str, int] = {k: full_widths[gs[0]] for k, gs in self.knobs.items()}
+        per_group = adapter.conv_group_size(model)
+        # widths of a knob whose groups a grouped conv reads come in whole conv groups
+        self.quantum: dict[str, int] = {k: max([per_group.get(g, 1) for g in gs]) for k, gs in self.knobs.items()}
         for k, gs in self.knobs.items():
             if len({full_widths[g] for g in gs}) != 1:  # pragma: no cover - torchvision nets are uniform
                 raise ValueError(f"groups {gs} of knob {k} differ in width; a keep_cfg cannot express them")
@@ -127,8 +130,10 @@ class CostModel:
                     g = g_out if g_out is not None else g_in
                     terms.append((block_of(name), k * hw * (1 if g else m.out_channels), g, None))
                     continue
-                if m.groups > 1 and (g_out or g_in):  # pragma: no cover - not in the supported nets
-                    raise ValueError(f"grouped conv {name} cannot be priced when sliced")
+                if m.groups > 1:  # grouped (ResNeXt): sliced in whole groups, so MACs = out * (in / groups) * k * hw
+                    per_group = m.in_channels // m.groups
+                    terms.append((block_of(name), k * hw * per_group * (1 if g_out else m.out_channels), g_out, None))
+                    continue
                 coef = k * hw
                 coef_in = 1 if g_in else m.in_channels // m.groups
                 coef_out = 1 if g_out else m.out_channels
@@ -258,7 +263,7 @@ class CostModel:
     def min_keep_cfg(self) -> dict:
         """The smallest model the adapter can build: protected blocks only (the cheapest single
         block of a stage that has none), every planes and mid width 1."""
-        ones = {k: 1 for k in self.knobs}
+        ones = {k: self.quantum[k] for k in self.knobs}
         kept = set()
         for stage, names in self.stage_blocks.items():
             prot = [b for b in names if b in self.protected]

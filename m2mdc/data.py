@@ -17,10 +17,10 @@ import torch.nn.functional as F
 
 from .errors import UserError
 
-DATASETS = ("cifar100", "cifar10", "digits")
+DATASETS = ("cifar100", "cifar10", "digits", "folder")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_VAL_SIZE = {"cifar100": 5000, "cifar10": 5000, "digits": 300}
+DEFAULT_VAL_SIZE = {"cifar100": 5000, "cifar10": 5000, "digits": 300}  # folder: 10% of train, at most 5000
 DATA_ENV = "M2MDC_DATA_DIR"
 
 
@@ -33,12 +33,14 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path:
 class Split:
     images: torch.Tensor  # uint8 [N, 3, H, W]
     labels: torch.Tensor  # int64 [N]
+    mean: tuple = IMAGENET_MEAN  # per-channel normalisation the model sees (in [0, 1] pixel units)
+    std: tuple = IMAGENET_STD
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, idx: torch.Tensor) -> "Split":
-        return Split(self.images[idx], self.labels[idx])
+        return Split(self.images[idx], self.labels[idx], self.mean, self.std)
 
 
 @dataclass
@@ -47,12 +49,14 @@ class Dataset:
     num_classes: int
     train: Split
     val: Split
-    test: Split
+    test: Split | None  # None: the data has no test split (a folder without test/): test numbers are unavailable
     resolution: int = 32
     meta: dict = field(default_factory=dict)
 
     def describe(self) -> str:
-        return (f"{self.name}: train {len(self.train)}, val {len(self.val)}, test {len(self.test)}, "
+        val_note = " (held out of train)" if self.meta.get("val_from_train") else ""
+        test = f"test {len(self.test)}" if self.test is not None else "no test split (test numbers unavailable)"
+        return (f"{self.name}: train {len(self.train)}, val {len(self.val)}{val_note}, {test}, "
                 f"{self.num_classes} classes, {self.resolution}x{self.resolution}")
 
 
@@ -106,19 +110,74 @@ def split_train_val(train: Split, val_size: int, seed: int) -> tuple[Split, Spli
 
 
 def load_dataset(name: str = "cifar100", data_dir=None, resolution: int = 32, val_size: int | None = None,
-                 split_seed: int = 0, download: bool = True) -> Dataset:
-    """Load ``name`` into memory; the validation split is held out of train with ``split_seed``."""
+                 split_seed: int = 0, download: bool = True, cache_dir=None, mean=None, std=None,
+                 memory: tuple[int, int, bool] | None = None) -> Dataset:
+    """Load ``name`` into memory; a validation split missing from the data is held out of train with
+    ``split_seed``. ``folder``: ``data_dir`` is an ImageFolder tree (m2mdc.folder), decoded at
+    ``resolution`` and cached under ``cache_dir``; ``memory`` = (limit in bytes, the teacher's feature
+    width, whether a search copies the data) refuses a folder whose run would not fit. ``mean`` /
+    ``std`` override the ImageNet normalisation (the one most checkpoints were trained with)."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if resolution < 8:
         raise UserError(f"resolution {resolution} is too small; use 32 (CIFAR native) or larger")
-    if name == "digits":
+    mean, std = _norm(mean, std)
+    meta = {"split_seed": split_seed, "mean": list(mean), "std": list(std)}
+    test: Split | None
+    val = None
+    if name == "folder":
+        from . import folder
+
+        if data_dir is None:
+            raise UserError("--dataset folder needs --data-dir PATH (PATH/train/<class>/<image>, optional val/, test/)")
+        scanned = folder.scan(data_dir)
+        if memory is not None:
+            limit, feature_dim, search_copy = memory
+            meta["memory_bytes"] = folder.check_memory(scanned, resolution, feature_dim, search_copy, limit)
+        splits = folder.load(scanned, resolution, Path(cache_dir) if cache_dir else None)
+        train_full = Split(*splits["train"])
+        val = Split(*splits["val"]) if "val" in splits else None
+        test = Split(*splits["test"]) if "test" in splits else None
+        nc = len(scanned.classes)
+        meta.update(root=str(Path(data_dir).resolve()), classes=scanned.classes,
+                    fingerprint=scanned.fingerprint(resolution))
+    elif name == "digits":
         train_full, test, nc = _load_digits()
     else:
         train_full, test, nc = _load_cifar(name, data_root(data_dir), download)
-    vs = DEFAULT_VAL_SIZE[name] if val_size is None else val_size
-    train, val = split_train_val(train_full, vs, split_seed)
-    return Dataset(name, nc, train, val, test, resolution, {"val_size": vs, "split_seed": split_seed})
+    if val is None:
+        vs = (DEFAULT_VAL_SIZE.get(name) or max(1, min(5000, round(0.1 * len(train_full))))) if val_size is None \
+            else val_size
+        train, val = split_train_val(train_full, vs, split_seed)
+    else:
+        if val_size is not None:
+            raise UserError(f"--val-size applies when the validation split is held out of train; {data_dir} has val/")
+        train, vs = train_full, len(val)
+    meta.update(val_size=vs, val_from_train=name != "folder" or "val" not in splits)
+    splits_ = [Split(s.images, s.labels, mean, std) if s is not None else None for s in (train, val, test)]
+    return Dataset(name, nc, *splits_, resolution=resolution, meta=meta)
+
+
+def num_classes_of(name: str, data_dir=None) -> int:
+    """Classes of a dataset without loading it (a folder is scanned, not decoded)."""
+    if name == "folder":
+        from . import folder
+
+        if data_dir is None:
+            raise UserError("--dataset folder needs --data-dir PATH (PATH/train/<class>/<image>, optional val/, test/)")
+        return len(folder.scan(data_dir).classes)
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return {"cifar100": 100, "cifar10": 10, "digits": 10}[name]
+
+
+def _norm(mean, std) -> tuple[tuple, tuple]:
+    mean = tuple(float(x) for x in mean) if mean is not None else IMAGENET_MEAN
+    std = tuple(float(x) for x in std) if std is not None else IMAGENET_STD
+    if len(mean) != 3 or len(std) != 3 or not all(x > 0 for x in std):
+        raise UserError(f"--mean {mean} / --std {std}: give three values each (RGB, in [0, 1] pixel units), "
+                        f"std > 0")
+    return mean, std
 
 
 class Batch(NamedTuple):
@@ -149,8 +208,8 @@ class Loader:
         self.drop_last = drop_last
         self.n = len(split) if limit is None else min(limit, len(split))
         self.epoch = 0
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
+        self._mean = torch.tensor(split.mean, device=self.device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(split.std, device=self.device).view(1, 3, 1, 1) * 255
         # Moving the whole uint8 split once is cheap (150 MB for CIFAR train) and saves a copy a batch.
         self._images = split.images[: self.n].to(self.device)
         self._labels = split.labels[: self.n].to(self.device)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Batch, Loader, Split
+from .data import IMAGENET_MEAN, IMAGENET_STD, Batch, Loader, Split
 from .errors import UserError
 from .io import save_tensors
 from .settings import check_settings, setting
@@ -100,7 +100,8 @@ def head_width(model: nn.Module, adapter: Adapter) -> int:
 
 def split_fingerprint(split: Split, resolution: int) -> str:
     """Identifies the images a cache was computed on, so a stale cache file is never reused."""
-    h = hashlib.sha256(f"{tuple(split.images.shape)}|{resolution}|".encode())
+    norm = "" if (split.mean, split.std) == (IMAGENET_MEAN, IMAGENET_STD) else f"{split.mean}|{split.std}|"
+    h = hashlib.sha256(f"{tuple(split.images.shape)}|{resolution}|{norm}".encode())
     h.update(split.labels.contiguous().numpy().tobytes())
     h.update(split.images.contiguous().numpy().tobytes())
     return h.hexdigest()[:16]

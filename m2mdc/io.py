@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -93,7 +94,9 @@ def save_tensors(obj, path: Path) -> None:
 def load_state_dict(path: Path, what: str = "checkpoint") -> dict:
     """torch.load with weights_only=True; a corrupt or foreign file becomes a UserError."""
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch comments on odd pickle protocols before failing on them
+            warnings.simplefilter("ignore")
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{what} {path} does not exist") from None
     except Exception as e:

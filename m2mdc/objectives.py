@@ -59,6 +59,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("export_error", "export error", "", "why the INT8 artefact could not be written (size unknown)",
            kind="tag"),
     Metric("node", "node", "", "the Ray node that ran the trial", kind="tag"),
+    Metric("device", "device", "", "the device the trial trained on (cpu, cuda:N)", kind="tag"),
 )}
 
 OBJECTIVES: dict[str, Metric] = {n: m for n, m in METRICS.items() if m.direction}

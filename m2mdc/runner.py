@@ -21,7 +21,7 @@ from .data import Loader
 from .models.base import Adapter
 from .steps import STEPS, State, StepRun, settings_of, validate_plan
 from .steps.registry import StepHook
-from .train import evaluate
+from .train import evaluate, evaluate_split
 
 BN_RECAL_BATCHES = 50  # the paper's ~50 recalibration batches after every structural edit
 
@@ -55,7 +55,6 @@ def run_plan(plan: list[dict], ctx: Context, on_epoch: StepHook | None = None, q
     adapter = ctx.adapter
     res = ctx.ds.resolution
     val_loader = Loader(ctx.ds.val, 512, ctx.device, resolution=res)
-    test_loader = Loader(ctx.ds.test, 512, ctx.device, resolution=res)
     if init is None:
         state = State(copy.deepcopy(ctx.teacher).to(ctx.device))
     else:
@@ -79,13 +78,14 @@ def run_plan(plan: list[dict], ctx: Context, on_epoch: StepHook | None = None, q
             stopped = stopped or bool(stop)
             return stop
 
-        spec.run(StepRun(ctx, state, hook if spec.trains else None, f"step {i} {spec.name}", quiet), settings)
+        spec.run(StepRun(ctx, state, hook if spec.trains else None, f"step {i} {spec.name} on {ctx.device}", quiet),
+                 settings)
         if spec.structural:
             _recalibrate(ctx, state)
             shape = describe(state.model, adapter, res)
         row = {"index": i, "step": spec.name, "params": {k: v for k, v in step.items() if k != "step"},
                "seconds": time.perf_counter() - t0, "val_top1": evaluate(state.model, val_loader),
-               "test_top1": evaluate(state.model, test_loader) if eval_test else None,
+               "test_top1": evaluate_split(state.model, ctx.ds.test, ctx.device, res) if eval_test else None,
                "params_count": shape["params"], "gmacs": shape["gmacs"], "keep_cfg": shape["keep_cfg"]}
         if spec.trains:
             row["epochs_trained"] = epochs_run[0]
@@ -114,13 +114,12 @@ def run_plan(plan: list[dict], ctx: Context, on_epoch: StepHook | None = None, q
         t0 = time.perf_counter()
         model = state.model.convert(name=ctx.arch)  # INT8, on the CPU
         cpu_val = Loader(ctx.ds.val, 512, "cpu", resolution=res)
-        cpu_test = Loader(ctx.ds.test, 512, "cpu", resolution=res)
         record["int8"] = True
         record["convert_seconds"] = time.perf_counter() - t0
         record["fake_quant_val_top1"] = rows[-1]["val_top1"] if rows else None
         rows.append({"index": len(rows), "step": "convert", "params": {}, "seconds": record["convert_seconds"],
                      "val_top1": evaluate(model, cpu_val),
-                     "test_top1": evaluate(model, cpu_test) if eval_test else None,
+                     "test_top1": evaluate_split(model, ctx.ds.test, "cpu", res) if eval_test else None,
                      "params_count": shape["params"], "gmacs": shape["gmacs"]})
     record["val_top1"] = rows[-1]["val_top1"] if rows else None
     record["test_top1"] = rows[-1]["test_top1"] if rows else None

@@ -98,8 +98,29 @@ def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor(sorted(order[:k]), dtype=torch.long)
 
 
-def keep_width(full: int, fraction: float) -> int:
-    return max(1, min(full, int(round(fraction * full))))
+def keep_width(full: int, fraction: float, quantum: int = 1) -> int:
+    """Channels kept of ``full`` for a keep fraction: at least one, and a multiple of ``quantum``
+    (the conv-group size, for groups a grouped conv reads)."""
+    return quantum * max(1, min(full // quantum, int(round(fraction * full / quantum))))
+
+
+def _joint_groups(scores: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], widths: dict[str, int],
+                  links: list[tuple[str, str]], per_group: dict[str, int]) -> None:
+    """For a grouped conv (g_in -> g_out) both groups keep the same whole conv groups, chosen by the
+    summed scores of their channels (a kept conv group keeps all its channels on both sides)."""
+    for g_in, g_out in links:
+        if g_in not in widths and g_out not in widths:
+            continue
+        if widths.get(g_in) != widths.get(g_out):
+            raise ValueError(f"grouped conv between {g_in} and {g_out}: both must be sliced to the same width")
+        s = per_group[g_in]
+        if widths[g_in] % s:
+            raise ValueError(f"{g_in} must keep a multiple of {s} channels (whole conv groups)")
+        per_conv_group = (scores[g_in].reshape(-1, s) / scores[g_in].mean().clamp_min(1e-12)
+                          + scores[g_out].reshape(-1, s) / scores[g_out].mean().clamp_min(1e-12)).sum(1)
+        chosen = top_k(per_conv_group, widths[g_in] // s)
+        idx = (chosen.view(-1, 1) * s + torch.arange(s)).flatten()
+        keep[g_in] = keep[g_out] = idx
 
 
 def slice_groups(model: nn.Module, adapter: Adapter, widths: dict[str, int], num_classes: int,
@@ -113,8 +134,14 @@ def slice_groups(model: nn.Module, adapter: Adapter, widths: dict[str, int], num
     todo = {g: w for g, w in widths.items() if w < current[g]}
     if not todo:
         return model, {}
+    links = adapter.linked_groups(model)
+    for g_in, g_out in links:  # a grouped conv's two sides are chosen together
+        for a, b in ((g_in, g_out), (g_out, g_in)):
+            if a in todo and b not in todo:
+                todo[b] = todo[a]
     scores = channel_scores(model, adapter, list(todo), signal, probe, bins)
     keep = {g: top_k(scores[g], w) for g, w in todo.items()}
+    _joint_groups(scores, keep, todo, links, adapter.conv_group_size(model))
     new = adapter.slice(model, keep, num_classes)
     verify(new, adapter, check_input)
     return new, keep
@@ -143,20 +170,22 @@ def _fraction_for(owner: str, keep: float | dict, default: float = 1.0) -> float
 def planes_widths(model: nn.Module, adapter: Adapter, planes_keep: float | dict[str, float]) -> dict[str, int]:
     """Target width of every stage's planes group for a keep fraction (one, or per stage)."""
     _check_fractions("planes_keep", planes_keep)
-    return {g: keep_width(w, _fraction_for(g.split(":", 1)[1], planes_keep))
+    q = adapter.conv_group_size(model)
+    return {g: keep_width(w, _fraction_for(g.split(":", 1)[1], planes_keep), q.get(g, 1))
             for g, w in adapter.group_widths(model).items() if g.startswith("planes:")}
 
 
 def mid_widths(model: nn.Module, adapter: Adapter, mid_keep: float | dict[str, float]) -> dict[str, int]:
     """Target width of every block's mid group(s) (one fraction, or per block / per stage)."""
     _check_fractions("mid_keep", mid_keep)
+    q = adapter.conv_group_size(model)
     out = {}
     for g, w in adapter.group_widths(model).items():
         kind, _, block = g.partition(":")
         if kind in ("mid", "mid2"):
             frac = _fraction_for(block, mid_keep, _fraction_for(adapter.stage_of(block), mid_keep)
                                  if isinstance(mid_keep, dict) else 1.0)
-            out[g] = keep_width(w, frac)
+            out[g] = keep_width(w, frac, q.get(g, 1))
     return out
 
 

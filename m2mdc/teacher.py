@@ -6,6 +6,7 @@ cached on disk keyed by everything that determines it, so a search trains it onc
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,11 +14,11 @@ import torch
 from torch import nn
 
 from . import metrics
-from .data import Dataset, Loader
+from .data import IMAGENET_MEAN, IMAGENET_STD, Dataset, Loader
 from .errors import UserError
 from .io import atomic_dir, ensure_writable, file_sha256, load_state_dict, out_root, stable_hash, write_json
 from .models import IMAGENET_WEIGHTS, get_adapter
-from .train import EpochLog, evaluate, train_epoch_ce
+from .train import EpochLog, evaluate, evaluate_split, pct, train_epoch_ce
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,72 @@ class TeacherRecipe:
         return "scratch" if self.weights == "none" else "finetune"
 
 
+@dataclass(frozen=True)
+class TeacherFile:
+    """The user's trained model: a state_dict (or a checkpoint holding one) of the chosen
+    architecture. Used as it is, never retrained; identified by its content hash, so the MI scores
+    and teacher outputs cached next to it are reused while the file is unchanged."""
+
+    path: str
+    sha256: str
+
+    mode = "file"
+
+    @classmethod
+    def of(cls, path: str | Path) -> "TeacherFile":
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"--teacher {path}: no such file; pass the path of your trained model's checkpoint")
+        return cls(str(p.resolve()), file_sha256(p))
+
+
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")  # where trainers keep the weights
+
+
+def read_checkpoint(path: str | Path, arch: str, num_classes: int | None = None) -> nn.Module:
+    """The model in ``path`` (weights_only), built as ``arch``: a plain state_dict, or a dict holding
+    one under a usual key, ``module.`` prefixes (DataParallel / DDP) stripped. One clear UserError for
+    a corrupt file, another architecture, or a head for another number of classes."""
+    try:
+        with warnings.catch_warnings():  # torch comments on odd pickle protocols before failing on them
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unreadable, truncated, pickled code: all the same to the user
+        raise UserError(f"--teacher {path} is corrupt or not a weights-only PyTorch checkpoint "
+                        f"({type(e).__name__}); save it with torch.save(model.state_dict(), PATH)") from None
+    for key in CHECKPOINT_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"--teacher {path} holds no state_dict of tensors (looked at the top level and under "
+                        f"{', '.join(CHECKPOINT_KEYS)})")
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+    adapter = get_adapter(arch)
+    head = f"{adapter.head_name}.weight"
+    if head not in sd:
+        raise UserError(f"--teacher {path} has no {head}: it is not a {arch} checkpoint (its first keys: "
+                        f"{', '.join(list(sd)[:3])}); pass the --arch it was trained as")
+    num_classes = num_classes or sd[head].shape[0]
+    if sd[head].shape[0] != num_classes:
+        raise UserError(f"--teacher {path} has a {sd[head].shape[0]}-class head but the dataset has {num_classes} "
+                        f"classes; pass the data it was trained on")
+    model = adapter.base_model(num_classes)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shaped = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and
+              sd[k].shape != own[k].shape]
+    if missing or unexpected or shaped:
+        example = (shaped or missing or unexpected)[0]
+        hint = " (a CIFAR-style stem? try --stem cifar)" if shaped and "conv" in example and adapter.stem != "cifar" \
+            else ""
+        raise UserError(f"--teacher {path} does not match {arch}: {len(missing)} missing, {len(unexpected)} "
+                        f"unexpected, {len(shaped)} mis-shaped tensors (e.g. {example}){hint}")
+    model.load_state_dict(sd)
+    return model.eval()
+
+
 def weights_identity(weights: str) -> str:
     if weights in ("none", "imagenet"):
         return weights
@@ -46,16 +113,29 @@ def weights_identity(weights: str) -> str:
     return f"file:{file_sha256(p)}"
 
 
-def cache_key(arch: str, ds: Dataset, recipe: TeacherRecipe) -> dict:
-    r = asdict(recipe)
-    r["weights"] = weights_identity(recipe.weights)
-    return {"arch": arch, "dataset": ds.name, "resolution": ds.resolution, "val_size": len(ds.val),
-            "split_seed": ds.meta.get("split_seed"), "recipe": r, "version": 1}
+def cache_key(arch: str, ds: Dataset, source: TeacherRecipe | TeacherFile) -> dict:
+    """Everything that determines the teacher (and its cached MI scores and outputs): data, split,
+    and the recipe that trains it or the content hash of the user's file."""
+    key = {"arch": arch, "dataset": ds.name, "resolution": ds.resolution, "val_size": len(ds.val),
+           "split_seed": ds.meta.get("split_seed")}
+    if isinstance(source, TeacherFile):
+        key["teacher_file"] = source.sha256
+    else:
+        r = asdict(source)
+        r["weights"] = weights_identity(source.weights)
+        key["recipe"] = r
+    key["version"] = 1
+    if ds.meta.get("fingerprint"):  # a user's folder: its content, not just its name
+        key["data"] = ds.meta["fingerprint"]
+    if (tuple(ds.train.mean), tuple(ds.train.std)) != (IMAGENET_MEAN, IMAGENET_STD):
+        key["norm"] = [list(ds.train.mean), list(ds.train.std)]
+    return key
 
 
-def cache_dir(arch: str, ds: Dataset, recipe: TeacherRecipe, out_dir=None) -> Path:
-    key = cache_key(arch, ds, recipe)
-    return out_root(out_dir) / "teachers" / f"{arch}-{ds.name}-r{ds.resolution}-{stable_hash(key)}"
+def cache_dir(arch: str, ds: Dataset, source: TeacherRecipe | TeacherFile, out_dir=None) -> Path:
+    key = cache_key(arch, ds, source)
+    kind = "-file" if isinstance(source, TeacherFile) else ""
+    return out_root(out_dir) / "teachers" / f"{arch}-{ds.name}-r{ds.resolution}{kind}-{stable_hash(key)}"
 
 
 def _imagenet_state_dict(arch: str) -> dict:
@@ -130,12 +210,55 @@ def train_teacher(arch: str, ds: Dataset, recipe: TeacherRecipe, device: torch.d
     return model, {"train_seconds": time.perf_counter() - t0, "epochs_log": log.rows}
 
 
-def get_teacher(arch: str, ds: Dataset, recipe: TeacherRecipe, device: torch.device, out_dir=None,
+def evaluate_teacher(model: nn.Module, ds: Dataset, device) -> dict:
+    """Accuracy and cost of a teacher, as every record states it."""
+    val = evaluate(model, Loader(ds.val, 512, device, resolution=ds.resolution))
+    return {"val_top1": val, "test_top1": evaluate_split(model, ds.test, device, ds.resolution),
+            "params": metrics.count_params(model), "gmacs": metrics.gmacs(model, ds.resolution),
+            "size_bytes": metrics.checkpoint_size(model), "device": str(device),
+            "mean": list(ds.train.mean), "std": list(ds.train.std)}
+
+
+def load_teacher_file(arch: str, ds: Dataset, source: TeacherFile, device: torch.device, out_dir=None
+                      ) -> tuple[nn.Module, dict]:
+    """The user's model, evaluated on val and test before anything else (and refused when it scores
+    near chance, the sign of a preprocessing mismatch); its record goes to its cache folder."""
+    import json
+
+    model = read_checkpoint(source.path, arch, ds.num_classes).to(device)
+    folder = cache_dir(arch, ds, source, out_dir)
+    key = cache_key(arch, ds, source)
+    try:
+        record = json.loads((folder / "record.json").read_text())
+        hit = record.get("key") == key
+    except (OSError, ValueError):
+        hit = False
+    if not hit:
+        record = {"arch": arch, "dataset": ds.name, "key": key, "source": "file", "file": source.path,
+                  "sha256": source.sha256, **evaluate_teacher(model, ds, device),
+                  "val_seen_by_teacher": bool(ds.meta.get("val_from_train"))}
+        chance = 100.0 / ds.num_classes
+        if record["val_top1"] <= 2 * chance:
+            raise UserError(f"--teacher {source.path} scores {record['val_top1']:.2f}% on val, near chance "
+                            f"({chance:.2f}% for {ds.num_classes} classes): its inputs are probably prepared "
+                            f"differently from its training; check --resolution ({ds.resolution}), --mean / --std "
+                            f"(now {list(ds.train.mean)} / {list(ds.train.std)}) and --stem")
+        ensure_writable(folder.parent)
+        folder.mkdir(exist_ok=True)
+        write_json(folder / "record.json", record)
+    record.update(cache_hit=hit, path=str(folder))
+    return model.eval(), record
+
+
+def get_teacher(arch: str, ds: Dataset, recipe: TeacherRecipe | TeacherFile, device: torch.device, out_dir=None,
                 force: bool = False, quiet: bool = False) -> tuple[nn.Module, dict]:
-    """Load the cached teacher for (arch, data, recipe), training and caching it on a miss.
+    """The teacher for (arch, data, source): the user's file as it is, or the cached teacher of a
+    recipe, trained and cached on a miss.
 
     Returns (model in eval mode on ``device``, record); record["cache_hit"] says which happened.
     """
+    if isinstance(recipe, TeacherFile):
+        return load_teacher_file(arch, ds, recipe, device, out_dir)
     adapter = get_adapter(arch)
     folder = cache_dir(arch, ds, recipe, out_dir)
     ckpt = folder / "model.pt"
@@ -155,18 +278,21 @@ def get_teacher(arch: str, ds: Dataset, recipe: TeacherRecipe, device: torch.dev
         return model.to(device).eval(), record
     ensure_writable(folder.parent)
     model, train_info = train_teacher(arch, ds, recipe, device, quiet)
-    test_loader = Loader(ds.test, 512, device, resolution=ds.resolution)
-    val_loader = Loader(ds.val, 512, device, resolution=ds.resolution)
     record = {"arch": arch, "dataset": ds.name, "key": cache_key(arch, ds, recipe),
-              "val_top1": evaluate(model, val_loader), "test_top1": evaluate(model, test_loader),
-              "params": metrics.count_params(model), "gmacs": metrics.gmacs(model, ds.resolution),
-              "size_bytes": metrics.checkpoint_size(model), "device": str(device), **train_info}
+              **evaluate_teacher(model, ds, device), **train_info}
     with atomic_dir(folder) as tmp:
         torch.save(model.state_dict(), tmp / "model.pt")
         write_json(tmp / "record.json", record)
     record["cache_hit"] = False
     record["path"] = str(folder)
     return model, record
+
+
+def teacher_line(record: dict) -> str:
+    """The teacher's numbers as every CLI prints them; a val split the teacher has probably seen is said so."""
+    seen = " (val held out of train/: the teacher has probably seen it)" if record.get("val_seen_by_teacher") else ""
+    return (f"[teacher] val top-1 {record['val_top1']:.2f}%{seen}  test top-1 {pct(record.get('test_top1'))}  "
+            f"GMACs {record['gmacs']:.4f}")
 
 
 if __name__ == "__main__":  # python -m m2mdc.teacher: the CLI lives with the others

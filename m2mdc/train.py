@@ -24,6 +24,16 @@ def evaluate(model: nn.Module, loader: Loader) -> float:
     return 100.0 * correct / max(total, 1)
 
 
+def evaluate_split(model: nn.Module, split, device, resolution: int) -> float | None:
+    """Top-1 (%) on a split, or None when the data has no such split (a folder without test/)."""
+    return None if split is None else evaluate(model, Loader(split, 512, device, resolution=resolution))
+
+
+def pct(value: float | None) -> str:
+    """'56.32%', or 'n/a' for a number the data cannot give (no test split)."""
+    return "n/a" if value is None else f"{value:.2f}%"
+
+
 class EpochLog:
     """One line per epoch on stderr (and a list of dicts for records)."""
 

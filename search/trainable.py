@@ -21,11 +21,10 @@ import torch
 from m2mdc.compiler import CompiledPlan, Target, compile_config
 from m2mdc.context import Context
 from m2mdc.cost import CostModel
-from m2mdc.data import Loader
 from m2mdc.objectives import METRICS
 from m2mdc.results import save_result
 from m2mdc.runner import run_plan
-from m2mdc.train import evaluate
+from m2mdc.train import evaluate_split
 
 CONTROL = ("final", "feasible", "plan_step")  # report fields that steer the search rather than describe the model
 
@@ -155,11 +154,11 @@ def run_trial(config: dict, setup: SearchSetup, report=_report, out_dir: Path | 
     t0 = time.perf_counter()
     model, record = run_plan(compiled.plan, ctx, on_epoch=on_epoch, quiet=setup.quiet, eval_test=False)
     test_device = "cpu" if record["int8"] else ctx.device
-    record["test_top1"] = evaluate(model, Loader(ctx.ds.test, 512, test_device, resolution=ctx.ds.resolution))
+    record["test_top1"] = evaluate_split(model, ctx.ds.test, test_device, ctx.ds.resolution)
     final = _row(**base, final=True, val_top1=record["val_top1"], test_top1=record["test_top1"],
                  gmacs=record["gmacs"], params=record["params"], size_bytes=record["size_bytes"],
                  int8=record["int8"], sparsity=record["sparsity"], train_seconds=time.perf_counter() - t0,
-                 epochs_done=epochs_done, keep_cfg=json.dumps(record["keep_cfg"], sort_keys=True),
+                 epochs_done=epochs_done, keep_cfg=json.dumps(record["keep_cfg"], sort_keys=True), device=str(device),
                  plan=json.dumps([s["step"] for s in compiled.plan]))
     if record["int8"]:  # what ships is the converted torch.export program, not the FP32 state_dict
         from m2mdc.deploy import shipped_size

@@ -84,10 +84,21 @@ class Space:
 
 
 def space_path(name_or_path: str) -> Path:
-    """A path, or the name of a bundled space (``resnet18`` -> spaces/resnet18.yaml)."""
+    """A path, or the name of a bundled space. An architecture's name falls back on its family's
+    file (``resnet101`` -> spaces/resnet.yaml) and then on spaces/default.yaml, whose per-stage knobs
+    expand to the stages the adapter reports: a new architecture needs no file of its own."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
+    if (SPACES_DIR / f"{name_or_path}.yaml").exists():
+        return SPACES_DIR / f"{name_or_path}.yaml"
+    from m2mdc.models import BASE_ARCHS, get_adapter, split_arch
+
+    base = split_arch(name_or_path)[0]
+    if base in BASE_ARCHS:
+        for candidate in (base, get_adapter(base).family, "default"):
+            if (SPACES_DIR / f"{candidate}.yaml").exists():
+                return SPACES_DIR / f"{candidate}.yaml"
     return SPACES_DIR / f"{name_or_path}.yaml"
 
 
@@ -108,7 +119,7 @@ def load_space(name_or_path: str, arch: str | None = None) -> Space:
 
 
 def parse_space(raw: Any, source: str = "<dict>", arch: str | None = None) -> Space:
-    from m2mdc.models import ARCHS, get_adapter
+    from m2mdc.models import BASE_ARCHS, get_adapter, split_arch
 
     where = f"search space {source}"
     if not isinstance(raw, dict):
@@ -117,10 +128,19 @@ def parse_space(raw: Any, source: str = "<dict>", arch: str | None = None) -> Sp
     if unknown_top:
         raise UserError(f"{where} has unknown top-level key(s) {unknown_top}; use arch, mode, params, description")
     space_arch = raw.get("arch")
-    if space_arch not in ARCHS:
-        raise UserError(f"{where}: arch {space_arch!r} is not one of {', '.join(ARCHS)}")
-    if arch is not None and arch != space_arch:
+    families = {get_adapter(a).family for a in BASE_ARCHS}
+    if space_arch not in (*BASE_ARCHS, *sorted(families), "any"):
+        raise UserError(f"{where}: arch {space_arch!r} is not one of {', '.join(BASE_ARCHS)} (or a family: "
+                        f"{', '.join(sorted(families))}, or any)")
+    base = split_arch(arch)[0] if arch is not None else None
+    if base is not None and space_arch not in (base, get_adapter(base).family, "any"):
         raise UserError(f"{where} is for {space_arch}, not --arch {arch}; pass a space for {arch}")
+    if space_arch not in BASE_ARCHS:  # a family's or any architecture's space
+        if arch is None:
+            raise UserError(f"{where} is a {space_arch} space; name the architecture it is for (--arch)")
+        space_arch = arch  # its per-stage knobs take this architecture's stages
+    elif arch is not None:
+        space_arch = arch  # the stem may differ from the file's name; the stages do not
     mode = raw.get("mode", "fractions")
     if mode not in MODES:
         raise UserError(f"{where}: mode {mode!r} is not one of {', '.join(MODES)}")

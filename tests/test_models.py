@@ -155,3 +155,40 @@ def test_bad_keep_cfg_is_a_user_error(cfg, msg):
 def test_unknown_arch():
     with pytest.raises(UserError, match="unknown architecture"):
         get_adapter("vgg16")
+
+
+ALL_ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",
+             "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "mobilenet_v2", "resnet18-cifar",
+             "mobilenet_v2-cifar"]
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_every_architecture_prunes_slices_rebuilds_and_is_priced_exactly(arch):
+    """One fixed edit per architecture at 16x16 (CI-sized): drop the last free block, halve planes and mid
+    channels (ResNeXt in whole conv groups, the same groups on both sides of its grouped conv), rebuild
+    from the keep_cfg; fvcore, the analytic cost model and the sliced model agree."""
+    from m2mdc.cost import CostModel
+    from m2mdc.prune_blocks import keep_blocks_after, prune_student
+    from m2mdc.slicing import mid_widths, planes_widths, slice_groups
+
+    res = 16
+    a = get_adapter(arch)
+    m = a.base_model(10).eval()
+    free = [b for b in a.blocks(m) if not a.is_protected(m, b)]
+    s = prune_student(m, a, keep_blocks_after(a, m, [free[-1]]), 10)
+    assert free[-1] not in a.blocks(s) and set(a.protected_blocks(m)) <= set(a.blocks(s))
+    x = torch.zeros(2, 3, res, res)
+    s, _ = slice_groups(s, a, planes_widths(s, a, 0.5), 10, "bn", check_input=x)
+    s, kept = slice_groups(s, a, mid_widths(s, a, 0.5), 10, "l1", check_input=x)
+    for g_in, g_out in a.linked_groups(s):  # ResNeXt: whole groups, the same on both sides
+        size = a.conv_group_size(m)[g_in]
+        assert torch.equal(kept[g_in], kept[g_out]) and len(kept[g_in]) % size == 0
+        assert torch.equal(kept[g_in].view(-1, size) % size, torch.arange(size).expand(len(kept[g_in]) // size, -1))
+    cfg = a.keep_cfg_of(s)
+    rebuilt = a.rebuild(cfg, 10)
+    assert rebuilt(x).shape == (2, 10)
+    fv = metrics.gmacs(s, res)
+    assert fv == metrics.gmacs(rebuilt, res) == pytest.approx(CostModel(a, 10, res).gmacs(cfg), abs=1e-15)
+    assert fv < metrics.gmacs(m, res)
+    if arch.endswith("-cifar"):  # the CIFAR stem keeps torchvision's parameter names
+        assert set(m.state_dict()) == set(get_adapter(arch.split("-")[0]).base_model(10).state_dict())

@@ -14,13 +14,13 @@ from ..allocate import check_budget
 from ..compiler import compile_config, target_of
 from ..context import prepare_context
 from ..cost import CostModel
-from ..data import load_dataset
 from ..device import pick_device
 from ..errors import Parser, UserError, check_range, cli
 from ..io import ensure_writable, out_root
 from ..knobs import KNOBS
 from ..models import get_adapter
-from .args import add_data_args, add_teacher_args, recipe_from_args
+from ..data import num_classes_of
+from .args import add_data_args, add_teacher_args, teacher_and_data, teacher_from_args
 from .compress import _knob_value
 
 KNOBS_USED = [k for k in KNOBS.values() if "allocator" in k.recipes]  # what the allocator recipe reads
@@ -66,7 +66,6 @@ def summary_lines(result: dict, cost: CostModel, fvcore_gmacs: float) -> list[st
 @cli
 def main(argv=None):
     a = build_parser().parse_args(argv)
-    recipe = recipe_from_args(a)
     config = {}
     for knob in KNOBS_USED:
         value = getattr(a, f"knob_{knob.name}")
@@ -77,12 +76,13 @@ def main(argv=None):
     check_range("--bins", a.bins, 2, 1000)
     check_range("--probe-samples", a.probe_samples, 1, 10 ** 7)
     check_range("--kd-epochs", a.kd_epochs, 1, 10 ** 6)
-    adapter = get_adapter(a.arch)
     device = pick_device(a.device)
     ensure_writable(out_root(a.out_dir))
-    ds = load_dataset(a.dataset, a.data_dir, a.resolution, a.val_size, a.split_seed)
-    cost = CostModel(adapter, ds.num_classes, ds.resolution)
-    check_budget(cost, a.budget_gmacs)  # before any teacher training
+    teacher_from_args(a)  # the architecture's full name, for the budget check
+    adapter = get_adapter(a.arch)
+    cost = CostModel(adapter, num_classes_of(a.dataset, a.data_dir), a.resolution)
+    check_budget(cost, a.budget_gmacs)  # before any teacher training or data decoding
+    recipe, ds = teacher_and_data(a)
     log = sys.stderr
     print(f"{ds.describe()}; device {device}", file=log)
     with contextlib.redirect_stdout(log) if a.json else contextlib.nullcontext():

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from ..compiler import RECIPES, compile_config, dry_target, target_of
-from ..data import load_dataset
 from ..device import pick_device
 from ..distill import KDConfig
 from ..errors import Parser, UserError, check_range, cli
@@ -21,7 +20,8 @@ from ..io import ensure_writable, out_root, stable_hash
 from ..knobs import KNOBS
 from ..presets import PQD_EPOCHS, PQD_ORDERS
 from ..steps import describe_steps, validate_plan
-from .args import add_data_args, add_teacher_args, recipe_from_args
+from ..train import pct
+from .args import add_data_args, add_teacher_args, teacher_and_data
 
 
 def _json_arg(text: str, what: str):
@@ -157,7 +157,7 @@ def _check_same_teacher(init_record: dict, folder_t: Path, init_from: str) -> No
 
 def print_result(record: dict, folder: Path) -> None:
     print(f"student{' (INT8)' if record['int8'] else ''}: val top-1 {record['val_top1']:.2f}%  "
-          f"test top-1 {record['test_top1']:.2f}%  params {record['params'] / 1e6:.3f}M  GMACs {record['gmacs']:.4f}"
+          f"test top-1 {pct(record['test_top1'])}  params {record['params'] / 1e6:.3f}M  GMACs {record['gmacs']:.4f}"
           f"  sparsity {record['sparsity']:.2f}  -> {folder}")
     if "deploy" in record:
         d = record["deploy"]
@@ -176,10 +176,9 @@ def main(argv=None):
     a = build_parser().parse_args(argv)
     if a.teacher_epochs is not None:
         a.epochs = a.teacher_epochs
-    recipe = recipe_from_args(a)
     device = pick_device(a.device)
     config, training = config_from_args(a), training_from_args(a)
-    ds = load_dataset(a.dataset, a.data_dir, a.resolution, a.val_size, a.split_seed)
+    recipe, ds = teacher_and_data(a)
     if a.plan:
         plan = validate_plan(_json_arg(a.plan, "--plan"), a.arch, ds.num_classes)
     else:  # everything that can be checked without the teacher, before it is trained
@@ -188,7 +187,7 @@ def main(argv=None):
     init = _load_init(a.init_from, a.arch, ds, device) if a.init_from else None
     from ..context import prepare_context
     from ..runner import run_plan
-    from ..teacher import cache_dir
+    from ..teacher import cache_dir, teacher_line
 
     if init:
         _check_same_teacher(init[2], cache_dir(a.arch, ds, recipe, a.out_dir), a.init_from)
@@ -207,9 +206,7 @@ def main(argv=None):
     name = a.name or f"{a.arch}-{ds.name}-{stable_hash({'plan': plan, 'recipe': repr(recipe)}, 8)}"
     folder = out / name
     print(f"{ds.describe()}; device {device}; plan: " + " -> ".join(s["step"] for s in plan), file=sys.stderr)
-    t = ctx.teacher_record
-    print(f"[teacher] val top-1 {t['val_top1']:.2f}%  test top-1 {t['test_top1']:.2f}%  GMACs {t['gmacs']:.4f}",
-          flush=True)
+    print(teacher_line(ctx.teacher_record), flush=True)
     model, record = run_plan(plan, ctx, deploy=not a.no_deploy, init=init and init[:2])
     if init:
         prior = init[2]

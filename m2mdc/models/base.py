@@ -48,15 +48,25 @@ class Adapter(ABC):
     arch: str
     family: str
 
-    def __init__(self, arch: str, factory: Callable[..., nn.Module]):
+    def __init__(self, arch: str, factory: Callable[..., nn.Module], stem: str = "torchvision"):
         self.arch = arch
+        self.stem = stem
         self._factory = factory
         self._full: dict[int, tuple] = {}
 
     # ---- construction -------------------------------------------------------------
     def base_model(self, num_classes: int) -> nn.Module:
-        """The unpruned torchvision architecture with a head for ``num_classes``."""
-        return self._factory(num_classes=num_classes)
+        """The unpruned torchvision architecture with a head for ``num_classes`` (and the CIFAR stem
+        when the adapter's name asks for it)."""
+        model = self._factory(num_classes=num_classes)
+        if self.stem == "cifar":
+            self.apply_cifar_stem(model)
+        return model
+
+    @abstractmethod
+    def apply_cifar_stem(self, model: nn.Module) -> None:
+        """Replace the ImageNet stem (in place) by the CIFAR literature's, keeping parameter names."""
+        ...
 
     # ---- hook 1: blocks ---------------------------------------------------------------
     @abstractmethod
@@ -138,6 +148,27 @@ class Adapter(ABC):
                     raise ValueError(f"channel group {g} has inconsistent widths at {name}: {widths[g]} vs {w}")
         return widths
 
+    def conv_group_size(self, model: nn.Module) -> dict[str, int]:
+        """Channels per convolution group of every channel group a grouped (not depthwise) conv
+        reads or writes (ResNeXt's mid groups): such a group is sliced in whole conv groups, so its
+        width is a multiple of this size. Groups absent are sliced channel by channel."""
+        mods = dict(model.named_modules())
+        out: dict[str, int] = {}
+        for name, (g_out, g_in) in self.channel_groups(model).items():
+            m = mods[name]
+            if isinstance(m, nn.Conv2d) and m.groups > 1 and not _depthwise(m):
+                for g in (g_out, g_in):
+                    if g is not None:
+                        out[g] = m.in_channels // m.groups
+        return out
+
+    def linked_groups(self, model: nn.Module) -> list[tuple[str, str]]:
+        """(input group, output group) of every grouped conv: both keep the same conv groups."""
+        mods = dict(model.named_modules())
+        return [(g_in, g_out) for name, (g_out, g_in) in self.channel_groups(model).items()
+                if isinstance(mods[name], nn.Conv2d) and mods[name].groups > 1 and not _depthwise(mods[name])
+                and g_in is not None and g_out is not None]
+
     def keep_cfg_of(self, model: nn.Module) -> dict:
         """The keep_cfg that describes ``model`` (blocks present, planes and mid widths)."""
         cfg = empty_keep_cfg()
@@ -156,8 +187,9 @@ class Adapter(ABC):
         cfg = normalize_keep_cfg(keep_cfg)
         if num_classes not in self._full:  # the full structure, built once: validation is then cheap
             full = self.base_model(num_classes)
-            self._full[num_classes] = (full, self.blocks_by_stage(full), self.group_widths(full))
-        full, by_stage, widths = self._full[num_classes]
+            self._full[num_classes] = (full, self.blocks_by_stage(full), self.group_widths(full),
+                                       self.conv_group_size(full))
+        full, by_stage, widths, quantum = self._full[num_classes]
         for stage, idxs in cfg["blocks"].items():
             if stage not in by_stage:
                 raise UserError(f"keep_cfg names stage {stage!r}, which {self.arch} does not have "
@@ -180,6 +212,9 @@ class Adapter(ABC):
                     raise UserError(f"keep_cfg {kind} names {owner!r}, which is not a {kind} group of {self.arch}")
                 if not 1 <= w <= widths[g]:
                     raise UserError(f"keep_cfg {kind}[{owner!r}]={w} must be in [1, {widths[g]}]")
+                if w % quantum.get(g, 1):
+                    raise UserError(f"keep_cfg {kind}[{owner!r}]={w} must be a multiple of {quantum[g]} (its grouped "
+                                    f"conv has {quantum[g]} channels per group, sliced in whole groups)")
                 if kind == "mid" and not self._block_kept(owner, cfg):
                     raise UserError(f"keep_cfg sets mid width of {owner}, which the keep_cfg removes")
         return cfg
@@ -234,6 +269,10 @@ class Adapter(ABC):
         return new.to(next(model.parameters()).device)
 
 
+def _depthwise(m: nn.Conv2d) -> bool:
+    return m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
 def _resize(model: nn.Module, groups: dict, widths: dict[str, int]) -> None:
     """Replace each grouped module by a freshly initialised one of the target widths."""
     for name, (g_out, g_in) in groups.items():
@@ -242,12 +281,14 @@ def _resize(model: nn.Module, groups: dict, widths: dict[str, int]) -> None:
         m = getattr(parent, child)
         if isinstance(m, nn.Conv2d):
             out_c = widths[g_out] if g_out else m.out_channels
-            depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+            depthwise = _depthwise(m)
             in_c = out_c if depthwise else (widths[g_in] if g_in else m.in_channels)
+            per_group = m.in_channels // m.groups  # a grouped conv keeps its group size, not its group count
             if (out_c, in_c) == (m.out_channels, m.in_channels):
                 continue
             new = nn.Conv2d(in_c, out_c, m.kernel_size, m.stride, m.padding, m.dilation,
-                            groups=out_c if depthwise else m.groups, bias=m.bias is not None)
+                            groups=out_c if depthwise else (in_c // per_group if m.groups > 1 else 1),
+                            bias=m.bias is not None)
         elif isinstance(m, nn.BatchNorm2d):
             w = widths[g_out]
             if w == m.num_features:

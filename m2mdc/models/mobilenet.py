@@ -26,6 +26,10 @@ class MobileNetV2Adapter(Adapter):
     family = "mobilenet_v2"
     head_name = "classifier.1"
 
+    def apply_cifar_stem(self, model):
+        first = model.features[0][0]
+        model.features[0][0] = nn.Conv2d(3, first.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+
     def blocks(self, model):
         return OrderedDict((f"features.{k}", m) for k, m in model.features._modules.items()
                            if 0 < int(k) < TAIL)

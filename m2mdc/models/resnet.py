@@ -1,4 +1,5 @@
-"""torchvision ResNet (BasicBlock: resnet18/34; Bottleneck: resnet50)."""
+"""torchvision ResNets: BasicBlock (resnet18/34) and Bottleneck (resnet50/101/152, the wide ResNets,
+and the ResNeXts, whose grouped 3x3 convs are sliced in whole conv groups)."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -14,6 +15,10 @@ STAGES = ("layer1", "layer2", "layer3", "layer4")
 class ResNetAdapter(Adapter):
     family = "resnet"
     head_name = "fc"
+
+    def apply_cifar_stem(self, model):
+        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
 
     def blocks(self, model):
         out = OrderedDict()
