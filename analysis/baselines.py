@@ -1,82 +1,50 @@
-"""Baselines at the same budget, teacher, data and KD: what a user would otherwise pick.
+"""Baselines at one GMACs budget against the search's best, over seeds and two training budgets: what a
+user would otherwise run, trained exactly like the search's finalized best.
 
-    python analysis/baselines.py --budget-gmacs 0.02 --experiment frontier-resnet18-cifar100-b0.02
+    python analysis/baselines.py --budget-gmacs 0.02 --experiment frontier-resnet18-cifar100-b0.02 \\
+        --seeds 0,1,2 --budgets short,long
 
-Rows, all trained and measured in this one run on the same cached teacher and teacher outputs:
+Rows (analysis/study.py trains them all the same way: the same total KD epochs of the same batches,
+the same KD settings, BN recalibration after every structural edit):
 
-* **uniform**: the teacher's planes and mid widths scaled by one common factor to the budget (no
-  block removed; channels ranked by |BN gamma|), then KD.
-* **torch-pruning**: Torch-Pruning's group L1-magnitude pruning (``MetaPruner``, one uniform ratio
-  per layer, the head kept) to the budget, then the same KD (the teacher phi channels it keeps are
-  read from its pruning history, so the feature alignment is the same as ours). Needs the optional
-  extra: ``pip install -e '.[baselines]'``; without it the row says so.
-* **m2mdc-defaults**: the paper's recipe with its defaults (prune ratio 0.5, planes 0.5, mid 0.5).
-* **search-best**: the best finished trial of ``--experiment`` (highest val top-1 within the
-  budget, read from MLflow), re-run here with the same KD settings.
+* **uniform width**: every planes / mid width scaled by one factor to the budget, |BN gamma| channels,
+  one repair (m2mdc.compiler.BASELINES, as the search's first trial);
+* **Torch-Pruning local / global**: the Torch-Pruning library's group-L1 pruning (one uniform ratio
+  per layer, or its global ranking), the head kept, bisected to the budget, then the same repair
+  (the teacher features it keeps are read from its pruning history, so feature alignment is ours);
+* **M2M-DC at the budget**: the paper's recipe (MI block pruning at ratio 0.5, planes, mid, a repair
+  after each) with its widths scaled to the budget;
+* **search best**: the finalized member of ``--experiment`` with the highest mean val (analysis/
+  finalize.py: the K Pareto members nearest the budget, re-trained from the teacher), with the
+  common KD settings, and again with its own sampled KD settings (a separate, labelled row);
+* **PQD at full width** (prune 50% -> QAT -> KD, INT8) and **Torch-Pruning + QAT** (INT8): latency
+  rows, short budget only.
 
-Every row trains the same total number of KD epochs E (of the same batches per epoch): the search
-best's own total (its number of KD repairs x T) when there is one, else M2M-DC's 3T. One-shot
-baselines spend E in one repair; a plan with k repairs splits E over them (E // k each, the rest on
-the last). The table lists every row's epochs.
+Each (row, budget, seed) result is a JSON file under results/baselines/ARCH-DATASET-bBUDGET/, reused
+while the teacher's weights match; the seed-0 model of each row is timed at the end, all rows in
+one run (batch 1 and 64, compiled FP32, INT8 for the QAT rows; backend recorded).
 """
 from __future__ import annotations
 
 import copy
+import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from m2mdc.cli.args import add_data_args, add_teacher_args, teacher_and_data
 from m2mdc.errors import Parser, UserError, check_range, cli
 from m2mdc.io import ensure_writable, out_root, write_json, write_text
-from m2mdc.cli.args import add_data_args, add_teacher_args, recipe_from_args
+
+from analysis.study import BUDGETS, FIXED_KD, RESULTS, Run, execute, machine, mean_std
 
 
-def _typed(v: str):
-    if v in ("True", "False"):
-        return v == "True"
-    try:
-        return float(v)
-    except ValueError:
-        return v
-
-
-def best_search_config(client, experiment: str, budget: float) -> tuple[dict, dict]:
-    """(config, trial metrics) of the best finished trial of a search, from its MLflow runs."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise UserError(f"no MLflow experiment named {experiment!r}; run search/frontier.py first or drop --experiment")
-    runs = [r for r in client.search_runs([exp.experiment_id], "tags.status = 'completed'", max_results=10000)
-            if r.data.metrics.get("gmacs", 1e9) <= budget]
-    if not runs:
-        raise UserError(f"search {experiment!r} has no finished trial within {budget:g} GMACs")
-    best = max(runs, key=lambda r: (r.data.metrics["val_top1"], -r.data.metrics["gmacs"]))
-    config: dict = {}
-    for k, v in best.data.params.items():
-        head, _, tail = k.partition("/")
-        if tail:
-            config.setdefault(head, {})[tail] = _typed(v)
-        else:
-            config[k] = _typed(v)
-    return config, {"run_id": best.info.run_id, **best.data.metrics}
-
-
-def split_epochs(plan: list[dict], total: int) -> list[dict]:
-    """``plan`` with ``total`` KD epochs spread over its KD repairs (E // k each, the rest on the last)."""
-    kd_at = [i for i, st in enumerate(plan) if st["step"] == "kd"]
-    plan = [dict(st) for st in plan]
-    for j, i in enumerate(kd_at):
-        plan[i]["epochs"] = total // len(kd_at) + (total % len(kd_at) if j == len(kd_at) - 1 else 0)
-    if any(plan[i]["epochs"] < 1 for i in kd_at):
-        raise UserError(f"{total} KD epochs cannot be shared by {len(kd_at)} repairs; raise --kd-epochs")
-    return plan
-
-
-def torch_pruning_student(teacher, adapter, budget: float, resolution: int):
-    """Torch-Pruning L1 group pruning with one uniform ratio, bisected to the largest model within
-    budget. Returns (student, kept teacher phi channels, ratio). The adapter names the head (kept
-    whole) and the channel group that feeds it, whose pruned indices the history records."""
+def torch_pruning_student(teacher, adapter, budget: float, resolution: int, global_pruning: bool = False):
+    """Torch-Pruning group-L1 pruning (one uniform ratio per layer, or its global ranking), bisected to
+    the largest model within budget. Returns (student, kept teacher phi channels, ratio). The adapter
+    names the head (kept whole) and the channel group that feeds it, whose pruned indices the history
+    records."""
     import torch_pruning as tp
 
     from m2mdc import metrics
@@ -87,13 +55,15 @@ def torch_pruning_student(teacher, adapter, budget: float, resolution: int):
         m = copy.deepcopy(teacher).cpu().eval()
         pruner = tp.pruner.MetaPruner(m, torch.zeros(1, 3, resolution, resolution),
                                       importance=tp.importance.GroupMagnitudeImportance(p=1), pruning_ratio=ratio,
-                                      ignored_layers=[m.get_submodule(head)], global_pruning=False, iterative_steps=1)
+                                      ignored_layers=[m.get_submodule(head)], global_pruning=global_pruning,
+                                      iterative_steps=1)
         pruner.step()
         return m, pruner.pruning_history()
 
     lo, hi = 0.0, 0.99
     if metrics.gmacs(prune(hi)[0], resolution) > budget:
-        raise UserError(f"Torch-Pruning cannot reach {budget:g} GMACs with one uniform ratio")
+        raise UserError(f"Torch-Pruning cannot reach {budget:g} GMACs with one {'global' if global_pruning else 'uniform'} "
+                        f"ratio")
     for _ in range(14):
         mid = (lo + hi) / 2
         if metrics.gmacs(prune(mid)[0], resolution) <= budget:
@@ -115,140 +85,180 @@ def torch_pruning_student(teacher, adapter, budget: float, resolution: int):
     return student, keep, hi
 
 
-def plot(rows: list[dict], teacher: dict, budget: float, path: Path, title: str) -> Path:
+def baseline_runs(budget: str, seed: int) -> list[Run]:
+    from m2mdc.compiler import BASELINES
+
+    runs = [Run("uniform width (|BN gamma|, one repair)", "config", budget, seed, config=BASELINES["uniform width"]),
+            Run("Torch-Pruning local (group-L1, one ratio)", "torch-pruning", budget, seed),
+            Run("Torch-Pruning global (group-L1, global ranking)", "torch-pruning", budget, seed, tp_global=True),
+            Run("M2M-DC paper recipe at the budget", "config", budget, seed, config=BASELINES["M2M-DC at the budget"])]
+    if budget == "short":
+        runs += [Run("PQD at full width: prune 50% -> QAT -> KD (INT8)", "pqd", budget, seed, recipe="pqd"),
+                 Run("Torch-Pruning local + QAT (INT8)", "torch-pruning", budget, seed, qat=True)]
+    return runs
+
+
+def measure_latency(result: dict, models: Path) -> dict:
+    """Batch-1 and batch-64 latency of a row's saved seed-0 model, as it ships (backend recorded)."""
+    from m2mdc.latency import shipped_latency
+    from m2mdc.results import load_result
+
+    model, meta = load_result(models / f"{result['run']['budget']}-seed{result['run']['seed']}-{result['key']}")
+    b1 = shipped_latency(model, meta.get("resolution", 32), bool(meta.get("int8")), batch=1, repeats=50)
+    b64 = shipped_latency(model, meta.get("resolution", 32), bool(meta.get("int8")), batch=64, repeats=10)
+    return {"bs1_ms": b1["ms"], "bs1_spread_pct": b1["spread_pct"], "bs64_images_per_s": b64["images_per_s"],
+            "backend": b1["backend"], "threads": b1["threads"], "machine": machine()}
+
+
+def table(rows: dict[str, list[dict]], teacher: dict, budgets: list[str], latency: dict) -> str:
+    head = ["method", "KD settings"]
+    for b in budgets:
+        head += [f"test top-1 ({b})", f"val top-1 ({b})"]
+    head += ["GMACs", "params", "bs1 latency", "bs64", "backend", "seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cells = ["teacher", ""] + sum(([f"{teacher['test_top1']:.2f}", f"{teacher['val_top1']:.2f}"] for _ in budgets), [])
+    lat = latency.get("teacher", {})
+    lines.append("| " + " | ".join(cells + [f"{teacher['gmacs']:.4f}", f"{teacher['params'] / 1e6:.3f}M",
+                                            _ms(lat), _ips(lat), lat.get("backend", ""), ""]) + " |")
+    for label, results in rows.items():
+        r0 = results[0]
+        kd = "own (tuned)" if r0["run"]["tuned_kd"] else ("fixed" if r0["run"]["method"] != "pqd" else "fixed (D stage)")
+        cells = [label + (" (INT8)" if r0["int8"] else ""), kd]
+        for b in budgets:
+            rs = [r for r in results if r["run"]["budget"] == b]
+            cells += [mean_std([r["test_top1"] for r in rs]) if rs else "–",
+                      f"{statistics.mean(r['val_top1'] for r in rs):.2f}" if rs else "–"]
+        lat = latency.get(label, {})
+        seeds = sorted({r["run"]["seed"] for r in results})
+        cells += [f"{r0['gmacs']:.4f}", f"{r0['params'] / 1e6:.3f}M", _ms(lat), _ips(lat), lat.get("backend", ""),
+                  ",".join(map(str, seeds))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _ms(lat: dict) -> str:
+    return f"{lat['bs1_ms']:.2f} ms ±{lat['bs1_spread_pct']:.0f}%" if lat else ""
+
+
+def _ips(lat: dict) -> str:
+    return f"{lat['bs64_images_per_s']:.0f} img/s" if lat else ""
+
+
+def plots(rows: dict[str, list[dict]], teacher: dict, latency: dict, budget: float, folder: Path, budgets) -> list:
     from search.pareto import figure
 
-    with figure(path, "GMACs", "test top-1 (%)", title) as ax:
-        for i, r in enumerate(r for r in rows if "val_top1" in r):
-            ax.scatter([r["gmacs"]], [r["test_top1"]], c=f"C{i}", s=50, label=r["baseline"])
-        ax.scatter([teacher["gmacs"]], [teacher["test_top1"]], marker="*", s=160, c="black", label="teacher")
-        ax.axvline(budget, ls="--", c="grey", label=f"budget {budget:g} GMACs")
-    return path
+    out = []
+    for x, label in (("gmacs", "GMACs (fvcore, 1 image)"), ("bs1_ms", "batch-1 latency (ms, as shipped)")):
+        path = folder / ("baselines.png" if x == "gmacs" else "baselines-latency.png")
+        b = budgets[-1]
+        with figure(path, label, f"test top-1 (%), {b} budget, mean over seeds", f"baselines at {budget:g} GMACs") as ax:
+            for i, (name, results) in enumerate(rows.items()):
+                rs = [r for r in results if r["run"]["budget"] == b] or results
+                xv = rs[0]["gmacs"] if x == "gmacs" else latency.get(name, {}).get("bs1_ms")
+                if xv is None:
+                    continue
+                ax.scatter([xv], [statistics.mean(r["test_top1"] for r in rs)], c=f"C{i}", s=50, label=name)
+            tx = teacher["gmacs"] if x == "gmacs" else latency.get("teacher", {}).get("bs1_ms")
+            if tx is not None:
+                ax.scatter([tx], [teacher["test_top1"]], marker="*", s=160, c="black", label="teacher")
+            if x == "gmacs":
+                ax.axvline(budget, ls="--", c="grey", label=f"budget {budget:g} GMACs")
+        out.append(path)
+    return out
 
 
 @cli
 def main(argv=None):
+    from analysis.finalize import best_member, finalize, parse_budgets, parse_seeds
+
     p = Parser(prog="python analysis/baselines.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--budget-gmacs", type=float, required=True)
+    p.add_argument("--experiment", default=None, help="a frontier search whose finalized best joins the table")
+    p.add_argument("--k", type=int, default=2, help="Pareto members nearest the budget to finalize (default 2)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--budgets", default="short,long", help=f"comma-separated, of {', '.join(BUDGETS)}")
+    p.add_argument("--only", default=None, help="comma-separated words: rows whose label contains one of them")
+    p.add_argument("--no-latency", action="store_true", help="skip the final latency measurements")
+    p.add_argument("--mlflow-uri", default=None)
     add_teacher_args(p)
     add_data_args(p)
-    p.add_argument("--experiment", default=None, help="a frontier search whose best trial is the last row")
-    p.add_argument("--kd-epochs", type=int, default=2, help="T of every KD repair (default 2, the quick profile)")
-    p.add_argument("--steps-per-epoch", type=int, default=40, help="batches per KD epoch, 0 = full (default 40)")
-    p.add_argument("--mlflow-uri", default=None)
-    p.add_argument("--group-l1", action="store_true", help="also re-run the search best with its channels ranked "
-                   "by group_l1 (Torch-Pruning's group magnitude): separates the architecture from the channel choice")
-    p.add_argument("--only", default=None, help="comma-separated subset of uniform,torch-pruning,m2mdc-defaults,"
-                   "search-best")
     a = p.parse_args(argv)
     check_range("--budget-gmacs", a.budget_gmacs, 0.0, 10.0, lo_open=True)
-    check_range("--kd-epochs", a.kd_epochs, 1, 10 ** 4)
-    recipe = recipe_from_args(a)
-    rows_wanted = (a.only or "uniform,torch-pruning,m2mdc-defaults,search-best").split(",")
-    from m2mdc import metrics
-    from m2mdc.compiler import compile_config, target_of
+    check_range("--k", a.k, 1, 100)
+    seeds, budgets = parse_seeds(a.seeds), parse_budgets(a.budgets)
+    from m2mdc.compiler import target_of
     from m2mdc.context import prepare_context
-    from m2mdc.data import Loader, load_dataset
     from m2mdc.device import pick_device
-    from m2mdc.distill import KDConfig, distill
-    from m2mdc.knobs import setting_config
-    from m2mdc.runner import run_plan
-    from m2mdc.train import evaluate
     from search.tracking import default_uri
 
     root = out_root(a.out_dir)
-    best = None
-    if "search-best" in rows_wanted and a.experiment:
+    client = None
+    if a.experiment:
         from mlflow.tracking import MlflowClient
 
-        best = best_search_config(MlflowClient(a.mlflow_uri or default_uri(root)), a.experiment, a.budget_gmacs)
-    device = pick_device(a.device)
-    ds = load_dataset(a.dataset, a.data_dir, a.resolution, a.val_size, a.split_seed)
-    ctx = prepare_context(a.arch, ds, recipe, device, a.out_dir)
-    adapter, target = ctx.adapter, target_of(ctx)
-    kd = {"epochs": a.kd_epochs, "steps_per_epoch": a.steps_per_epoch or None}
-    test = Loader(ds.test, 512, device, resolution=ds.resolution)
-    rows = []
+        from analysis.finalize import members
 
-    def trained(record: dict) -> int:  # KD epochs the plan actually ran, read off its record
-        return sum(r["epochs_trained"] for r in record["steps"] if r["step"] == "kd")
+        uri = a.mlflow_uri or default_uri(root)
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+            raise UserError(f"no MLflow store at {uri}; pass --mlflow-uri or --out-dir of the search")
+        client = MlflowClient(tracking_uri=uri)
+        members(client, a.experiment, a.budget_gmacs, a.k)  # a wrong experiment fails before any training
+    source, ds = teacher_and_data(a)
+    ctx = prepare_context(a.arch, ds, source, pick_device(a.device), a.out_dir)
+    target = target_of(ctx)
+    name = f"{a.arch}-{ds.name}-b{a.budget_gmacs:g}"
+    folder, models = RESULTS / "baselines" / name, ensure_writable(root / "baselines" / name / "models")
+    rows: dict[str, list[dict]] = {}
 
-    def add(name, model, record_or_none, epochs, seconds, note=""):
-        int8 = bool(record_or_none and record_or_none.get("int8"))
-        rows.append({"baseline": name, "val_top1": record_or_none["val_top1"] if record_or_none else
-                     evaluate(model, Loader(ds.val, 512, device, resolution=ds.resolution)),
-                     "test_top1": record_or_none["test_top1"] if record_or_none else evaluate(model, test),
-                     "gmacs": record_or_none["gmacs"] if record_or_none else metrics.gmacs(model, ds.resolution),
-                     "params": record_or_none["params"] if record_or_none else metrics.count_params(model),
-                     "kd_epochs": epochs, "minutes": seconds / 60, "int8": int8, "note": note})
-        r = rows[-1]
-        print(f"[baselines] {name}: val {r['val_top1']:.2f}%  test {r['test_top1']:.2f}%  GMACs {r['gmacs']:.4f}  "
-              f"({r['minutes']:.1f} min)", flush=True)
+    def wanted(label):
+        return not a.only or any(w in label for w in a.only.split(","))
 
-    search_plan = None
-    if best is not None:
-        search_plan = compile_config(best[0], target, budget_gmacs=a.budget_gmacs, training=kd)
-    total = search_plan.kd_steps * a.kd_epochs if search_plan else 3 * a.kd_epochs  # E: every row's KD epochs
-    if "uniform" in rows_wanted:
-        t0 = time.perf_counter()
-        full = setting_config({"block_prune.ratio": 0.0, "planes.keep": 1.0, "mid.keep": 1.0})
-        tp_ = compile_config(full, target, budget_gmacs=a.budget_gmacs, training={**kd, "epochs": total})
-        both = {"planes": tp_.keep_cfg["planes"], "mid": tp_.keep_cfg["mid"]}
-        plan = [{"step": "widths", "keep_cfg": both, "signal": "bn"}, {"step": "kd", **{k: v for k, v in
-                                                                                   tp_.plan[-1].items() if k != "step"}}]
-        _, rec = run_plan(plan, ctx, quiet=True)
-        add("uniform width", None, rec, trained(rec), time.perf_counter() - t0, f"scale {tp_.width_scale:.3f}")
-    if "torch-pruning" in rows_wanted:
-        try:
-            import torch_pruning  # noqa: F401
+    for b in budgets:
+        for seed in seeds:
+            for run in baseline_runs(b, seed):
+                if wanted(run.row):
+                    print(f"[baselines] {run.row}: {b} budget, seed {seed}", flush=True)
+                    rows.setdefault(run.row, []).append(execute(run, ctx, target, a.budget_gmacs, folder, models))
+    if client is not None and wanted("search best"):
+        summaries = finalize(client, a.experiment, ctx, target, a.budget_gmacs, a.k, seeds, budgets, models=models)
+        best = best_member(summaries, budgets[-1])
+        rows[f"search best: finalized trial {best['trial_id']} of {a.experiment}"] = best["results"]
+        tuned = []
+        for b in budgets:
+            for seed in seeds:
+                run = Run(f"search best {best['trial_id']}, its own KD", "config", b, seed, config=best["config"],
+                          tuned_kd=True)
+                print(f"[baselines] {run.row}: {b} budget, seed {seed}", flush=True)
+                tuned.append(execute(run, ctx, target, a.budget_gmacs, folder, models))
+        rows[f"search best (trial {best['trial_id']}), its own sampled KD settings"] = tuned
+    latency = {}
+    if not a.no_latency:
+        from m2mdc.latency import shipped_latency
 
-            t0 = time.perf_counter()
-            student, keep, ratio = torch_pruning_student(ctx.teacher, adapter, a.budget_gmacs, ds.resolution)
-            student = student.to(device)
-            cfg = KDConfig(epochs=total, steps_per_epoch=kd["steps_per_epoch"])
-            log = distill(student, ctx.teacher, adapter, ds.train, ds.val, cfg, device, ctx.get_teacher_outputs(),
-                          feature_index=keep, quiet=True, resolution=ds.resolution)
-            add("Torch-Pruning (L1 group, uniform ratio)", student, None, len(log), time.perf_counter() - t0,
-                f"ratio {ratio:.3f}")
-        except ImportError:
-            rows.append({"baseline": "Torch-Pruning", "note": "not installed: pip install -e '.[baselines]'"})
-    if "m2mdc-defaults" in rows_wanted:
-        t0 = time.perf_counter()
-        paper = compile_config({}, target, recipe="m2mdc", training=kd).plan  # the recipe's defaults: 0.5 / 0.5 / 0.5
-        _, rec = run_plan(split_epochs(paper, total), ctx, quiet=True)
-        add("M2M-DC defaults (r 0.5, planes 0.5, mid 0.5)", None, rec, trained(rec), time.perf_counter() - t0)
-    if best is not None:
-        config, trial = best
-        signal_knob = setting_config({"widths.signal": None})
-        (knob,) = signal_knob
-        for signal in dict.fromkeys([config[knob]] + (["group_l1"] if a.group_l1 else [])):
-            t0 = time.perf_counter()
-            plan = compile_config({**config, knob: signal}, target, budget_gmacs=a.budget_gmacs, training=kd).plan
-            _, rec = run_plan(plan, ctx, quiet=True)
-            label = f"search best ({a.experiment}, run {trial['run_id'][:8]})"
-            if signal != config[knob]:
-                label = f"search best, channels ranked by group_l1 instead of {config[knob]}"
-            add(label, None, rec, trained(rec), time.perf_counter() - t0,
-                f"in the search: val {trial['val_top1']:.2f}%" if signal == config[knob] else "")
-    folder = ensure_writable(root / "baselines") / f"{a.arch}-{ds.name}-b{a.budget_gmacs:g}"
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = ["| baseline | val top-1 | test top-1 | GMACs | params | KD epochs | time | note |",
-             "|---|---|---|---|---|---|---|---|"]
-    t = ctx.teacher_record
-    lines.append(f"| teacher | {t['val_top1']:.2f}% | {t['test_top1']:.2f}% | {t['gmacs']:.4f} | "
-                 f"{t['params'] / 1e6:.3f}M | | | |")
-    for r in rows:
-        if "val_top1" not in r:
-            lines.append(f"| {r['baseline']} | | | | | | | {r['note']} |")
-            continue
-        lines.append(f"| {r['baseline']}{' (INT8)' if r['int8'] else ''} | {r['val_top1']:.2f}% | {r['test_top1']:.2f}% | {r['gmacs']:.4f} | "
-                     f"{r['params'] / 1e6:.3f}M | {r['kd_epochs']} | {r['minutes']:.1f} min | {r['note']} |")
-    md = "\n".join(lines) + "\n"
-    write_text(folder / "baselines.md", md)
-    write_json(folder / "baselines.json", rows)
-    plot(rows, t, a.budget_gmacs, folder / "baselines.png", f"baselines at {a.budget_gmacs:g} GMACs ({a.arch} / {ds.name})")
+        print("[baselines] timing every row's seed-0 model, one after another", flush=True)
+        t1 = shipped_latency(ctx.teacher, ds.resolution, int8=False, batch=1, repeats=50)
+        t64 = shipped_latency(ctx.teacher, ds.resolution, int8=False, batch=64, repeats=10)
+        latency["teacher"] = {"bs1_ms": t1["ms"], "bs1_spread_pct": t1["spread_pct"], "backend": t1["backend"],
+                              "bs64_images_per_s": t64["images_per_s"], "threads": t1["threads"]}
+        for label, results in rows.items():
+            first = min(results, key=lambda r: (r["run"]["seed"], r["run"]["budget"]))
+            if (models / f"{first['run']['budget']}-seed{first['run']['seed']}-{first['key']}").exists():
+                latency[label] = measure_latency(first, models)
+    out = ensure_writable(root / "baselines" / name)
+    md = table(rows, ctx.teacher_record, budgets, latency)
+    settings = ", ".join(f"{k.split('.')[1]} {v:g}" for k, v in FIXED_KD.items())
+    budget_text = "; ".join(f"{b}: {v['epochs']} epochs of {v['steps_per_epoch'] or 'all'} batches"
+                            for b, v in BUDGETS.items() if b in budgets)
+    md += (f"\nFixed KD settings of every row but the tuned one: {settings} (the paper's ramped loss plus Hinton's "
+           f"KL). Every row trains the same total KD epochs ({budget_text}); a plan with k repairs splits them "
+           f"(E // k each, the rest on the last); PQD splits its epochs P/Q/D 20/40/40. Test mean ± sample std over "
+           f"seeds; selection (the search's best member) by mean val. Machine: {machine()}.\n")
+    write_text(out / "baselines.md", md)
+    write_json(out / "baselines.json", {"rows": rows, "latency": latency, "teacher": ctx.teacher_record})
+    for f in plots(rows, ctx.teacher_record, latency, a.budget_gmacs, out, budgets):
+        print(f"plot: {f}")
     print(md)
-    print(f"-> {folder}")
+    print(f"-> {out}")
     return 0
 
 

@@ -130,7 +130,7 @@ def main(argv=None):
     name = f"overhead-{int(time.time())}"
     cmd = [sys.executable, str(REPO / "search" / "frontier.py"), "--budget-gmacs", str(a.budget_gmacs),
            "--dataset", a.dataset, "--profile", profile, "--epochs", str(a.teacher_epochs), "--space", str(space),
-           "--points", str(points), "--num-samples", str(a.n), "--no-asha", "--sampler", "random",
+           "--points", str(points), "--no-seed-baselines", "--num-samples", str(a.n), "--no-asha", "--sampler", "random",
            "--kd-epochs", str(a.kd_epochs), "--steps-per-epoch", str(a.steps_per_epoch),
            "--cpus-per-trial", str(a.threads), "--out-dir", str(out), "--name", name,
            "--quiet"]

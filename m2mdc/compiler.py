@@ -28,8 +28,9 @@ from torch import nn
 
 from .allocate import allocate, allocation_plan
 from .cost import CostModel
+from .distill import KDConfig
 from .errors import UserError
-from .knobs import KNOBS, resolve, step_settings
+from .knobs import KNOBS, knob_for, resolve, step_settings
 from .models.base import Adapter
 from .presets import PQD_EPOCHS, PQD_ORDERS, PQD_SPARSITY, PQD_SPLIT, PRESETS, m2mdc_plan, pqd_plan
 from .prune_blocks import keep_blocks_after, select_blocks_to_prune
@@ -37,6 +38,7 @@ from .slicing import SIGNALS, keep_width
 from .steps import plan_reports, validate_plan
 
 RECIPES = ("fractions", "allocator", *PRESETS)
+KD_EPOCHS = KDConfig.epochs
 BISECTION_STEPS = 40
 
 
@@ -179,12 +181,13 @@ def tail_steps(v: dict, kd: dict) -> list[dict]:
 
 
 def fraction_widths(cost: CostModel, planes: dict[str, float], mid: float, scale: float) -> dict[str, int]:
-    """Knob widths for planes fractions (per stage), one mid fraction, all scaled by ``scale``."""
+    """Knob widths for planes fractions (per stage), one mid fraction, all scaled by ``scale`` (whole conv
+    groups where a grouped conv reads the group)."""
     out = {}
     for knob, full in cost.full_knob_widths.items():
         kind, _, owner = knob.partition(":")
         frac = planes[owner] if kind == "planes" else mid
-        out[knob] = keep_width(full, frac * scale)
+        out[knob] = keep_width(full, frac * scale, cost.quantum[knob])
     return out
 
 
@@ -193,34 +196,64 @@ def _planes_fractions(v: dict, cost: CostModel) -> dict[str, float]:
     return {s: float(p[s]) if isinstance(p, dict) else float(p) for s in cost.stage_blocks}
 
 
+def global_widths(cost: CostModel, kept: frozenset, scores: dict, keep_frac: float) -> dict[str, int]:
+    """Knob widths from one ranking of every channel of the kept blocks' groups by its group-L1
+    importance divided by its group's mean (Torch-Pruning's GroupMagnitudeImportance with its mean
+    normaliser, global_pruning=True): the top ``keep_frac`` of all channels stay, at least one conv
+    group per knob. Known from the teacher alone, so the cost is still known before training."""
+    active = [k for k in cost.knobs if cost.knob_block[k] is None or cost.knob_block[k] in kept]
+    norm = {k: torch.as_tensor(scores[cost.knobs[k][0]]).double() for k in active}
+    norm = {k: v / v.mean().clamp_min(1e-12) for k, v in norm.items()}
+    flat = torch.cat(list(norm.values())).sort(descending=True).values
+    n_keep = max(1, min(len(flat), round(keep_frac * len(flat))))
+    threshold = flat[n_keep - 1]
+    widths = dict(cost.full_knob_widths)
+    for k, v in norm.items():
+        q = cost.quantum[k]
+        widths[k] = q * max(1, min(cost.full_knob_widths[k] // q, round(int((v >= threshold).sum()) / q)))
+    return widths
+
+
 def _fractions(v: dict, target: Target, budget_gmacs: float | None, kd: dict, mi: dict) -> CompiledPlan:
     adapter, teacher, cost = target.adapter, target.teacher, target.cost
     pruned = select_blocks_to_prune(target.scores(), adapter, teacher, float(v["prune_ratio"]))
     keep_blocks = keep_blocks_after(adapter, teacher, pruned)
     kept = frozenset(b for b in cost.blocks if b not in set(pruned))
     planes, mid = _planes_fractions(v, cost), float(v["mid_keep"])
-    sampled = cost.macs_of(kept, fraction_widths(cost, planes, mid, 1.0))
+    ranking = {**step_settings(v, "widths"), **mi}
+    if v["ranking"] == "global":  # the fractions set the total kept; the teacher's importance decides where
+        full = fraction_widths(cost, planes, mid, 1.0)
+        active = [k for k in cost.knobs if cost.knob_block[k] is None or cost.knob_block[k] in kept]
+        total = sum(full[k] for k in active) / sum(cost.full_knob_widths[k] for k in active)
+        scores = target.channel_scores["group_l1"]
+
+        def widths_at(scale):
+            return global_widths(cost, kept, scores, total * scale)
+        ranking["signal"] = "group_l1"  # the channels the ranking counted are the ones the slice keeps
+    else:
+        def widths_at(scale):
+            return fraction_widths(cost, planes, mid, scale)
+    sampled = cost.macs_of(kept, widths_at(1.0))
     budget_macs = budget_gmacs * 1e9 if budget_gmacs is not None else float("inf")
     scale, feasible = 1.0, True
     if sampled > budget_macs:
         lo, hi = 0.0, 1.0  # invariant: scale lo fits (checked below), hi does not
-        if cost.macs_of(kept, fraction_widths(cost, planes, mid, 0.0)) > budget_macs:
+        if cost.macs_of(kept, widths_at(0.0)) > budget_macs:
             feasible = False
         else:
             for _ in range(BISECTION_STEPS):
                 m = (lo + hi) / 2
-                if cost.macs_of(kept, fraction_widths(cost, planes, mid, m)) <= budget_macs:
+                if cost.macs_of(kept, widths_at(m)) <= budget_macs:
                     lo = m
                 else:
                     hi = m
             scale = lo
-    widths = fraction_widths(cost, planes, mid, scale)
+    widths = widths_at(scale)
     keep_cfg = cost.keep_cfg(kept, widths)
     gmacs = cost.macs_of(kept, widths) / 1e9
     if not feasible:
         return CompiledPlan([], keep_cfg, gmacs, sampled / 1e9, 0.0, feasible=False,
                             notes=[f"{len(kept)} kept blocks exceed the budget even at one channel per group"])
-    ranking = {**step_settings(v, "widths"), **mi}
     cut = {kind: any(widths[k] < cost.full_knob_widths[k] for k in widths if k.startswith(kind + ":"))
            for kind in ("planes", "mid")}
     edits = {
@@ -228,14 +261,52 @@ def _fractions(v: dict, target: Target, budget_gmacs: float | None, kd: dict, mi
         "p": [{"step": "widths", "keep_cfg": {"planes": keep_cfg["planes"]}, **ranking}] if cut["planes"] else [],
         "m": [{"step": "widths", "keep_cfg": {"mid": dict(keep_cfg["mid"])}, **ranking}] if cut["mid"] else [],
     }
-    plan: list[dict] = []
-    for c in v["order"]:
-        for s in edits[c]:
-            plan += [s, kd_step(kd)]
-    plan += tail_steps(v, kd)
-    if not plan:  # the full model fits and nothing else was asked: one KD pass keeps trials comparable
-        plan = [kd_step(kd)]
+    plan = scheduled([s for c in v["order"] for s in edits[c]], v, kd)
     return CompiledPlan(plan, keep_cfg, gmacs, sampled / 1e9, scale)
+
+
+def scheduled(edits: list[dict], v: dict, kd: dict) -> list[dict]:
+    """The structural edits with their KD repairs as the schedule says, then the tail stages: progressive
+    = a repair of T epochs after every edit (the paper's); one-shot = every edit, then one repair with
+    all their epochs (Torch-Pruning's usual use). A plan with nothing to do still gets one repair, so
+    every trial trains."""
+    if v["schedule"] == "one-shot" and edits:
+        plan = [*edits, kd_step({**kd, "epochs": len(edits) * kd.get("epochs", KD_EPOCHS)})]
+    else:
+        plan = [s for e in edits for s in (e, kd_step(kd))]
+    plan += tail_steps(v, kd)
+    return plan or [kd_step(kd)]
+
+
+# What a user would otherwise run, as configurations of the fractions recipe (over a budget they are
+# projected onto it like any configuration): the search's first trials, and the baselines' rows.
+BASELINES = {
+    "uniform width": {"prune_ratio": 0.0, "planes_keep": 1.0, "mid_keep": 1.0, "signal": "bn",
+                      "schedule": "one-shot", "ranking": "stage"},
+    "Torch-Pruning-like local": {"prune_ratio": 0.0, "planes_keep": 1.0, "mid_keep": 1.0, "signal": "group_l1",
+                                 "schedule": "one-shot", "ranking": "stage"},
+    "Torch-Pruning-like global": {"prune_ratio": 0.0, "planes_keep": 1.0, "mid_keep": 1.0, "signal": "group_l1",
+                                  "schedule": "one-shot", "ranking": "global"},
+    "M2M-DC at the budget": {"prune_ratio": 0.5, "planes_keep": 1.0, "mid_keep": 1.0, "order": "bpm", "signal": "bn",
+                             "schedule": "progressive", "ranking": "stage"},
+}
+
+
+def channel_signals(recipe: str, values: dict[str, tuple]) -> set[str]:
+    """The channel-score signals a search's trials may need from the teacher (``values``: the values
+    each knob can take): the allocator values widths by the sampled signal, global ranking by group-L1."""
+    needed = set()
+    if recipe == "allocator":
+        needed |= set(values.get(knob_for("widths.signal"), ()))
+    if "global" in values.get("ranking", ()):
+        needed.add("group_l1")
+    return needed
+
+
+def cohort(config: dict) -> str:
+    """Which trials an early-stopping rung may compare: a one-shot trial reports after all its edits,
+    a progressive one after its first, so each is compared with trials of its own schedule."""
+    return str(config.get("schedule", KNOBS["schedule"].default))
 
 
 def _allocator(v: dict, target: Target, budget_gmacs: float | None, kd: dict, mi: dict) -> CompiledPlan:
@@ -247,9 +318,9 @@ def _allocator(v: dict, target: Target, budget_gmacs: float | None, kd: dict, mi
     result = allocate(target.adapter, target.teacher, budget_gmacs, cost.num_classes, cost.resolution,
                       target.scores(), target.channel_scores[signal], depth_share=float(v["depth_share"]),
                       min_keep=float(v["min_keep"]), cost=cost)
-    plan = allocation_plan(result, signal, kd, mi)
-    return CompiledPlan(plan + tail_steps(v, kd), result["keep_cfg"], result["gmacs"], result["gmacs"],
-                        details=result)
+    edits = [s for s in allocation_plan(result, signal, kd, mi) if s["step"] != "kd"]
+    plan = scheduled(edits, v, kd)
+    return CompiledPlan(plan, result["keep_cfg"], result["gmacs"], result["gmacs"], details=result)
 
 
 def _m2mdc(v: dict, keep_blocks: dict | None, target: Target, kd: dict, mi: dict, qat: bool) -> CompiledPlan:

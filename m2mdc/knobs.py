@@ -16,6 +16,8 @@ from .steps import STEPS
 
 ORDERS = ("bpm", "bmp", "pbm", "pmb", "mbp", "mpb")  # orders of the structural edits: blocks, planes, mid
 TAIL_ORDERS = ("sq", "qs")  # sparsity before / after QAT
+SCHEDULES = ("progressive", "one-shot")
+RANKINGS = ("stage", "global")
 SEARCH_RECIPES = ("fractions", "allocator")  # what a search space's mode selects
 
 
@@ -85,6 +87,11 @@ KNOBS: dict[str, Knob] = {k.name: k for k in (
     from_setting("temperature", "kd.temperature", recipes=_KD),
     number("min_keep", 0.0625, "smallest share of a group's channels the allocator's width phase keeps", 0, 1,
            lo_open=True, recipes=("allocator",)),
+    choice("schedule", SCHEDULES, "progressive", "progressive: a KD repair after every structural edit (the paper's); "
+           "one-shot: all edits, then one KD repair with all their epochs", recipes=("fractions", "allocator")),
+    choice("ranking", RANKINGS, "stage", "stage: widths from the per-stage / per-block fractions; global: one "
+           "ranking of every channel by its normalised group-L1 importance across stages (Torch-Pruning's global "
+           "pruning), keeping the fractions' total", recipes=("fractions",)),
 )}
 
 

@@ -40,8 +40,9 @@ def pqd_plan(order: str = "pqd", sparsity: float = PQD_SPARSITY, epochs: int = P
     if sorted(order) != ["d", "p", "q"]:
         raise UserError(f"PQD order {order!r} must be a permutation of p, q, d (e.g. pqd)")
     e = dict(zip("pqd", (max(1, round(f * epochs)) for f in split)))
-    stages = {"p": [{"step": "sparsity", "target": sparsity}, {"step": "train", "epochs": e["p"], "lr": lr}],
-              "q": [{"step": "qat"}, {"step": "train", "epochs": e["q"], "lr": lr}],
+    shared = {k: kd[k] for k in ("steps_per_epoch", "seed", "batch_size", "clip") if k in kd}  # every stage alike
+    stages = {"p": [{"step": "sparsity", "target": sparsity}, {"step": "train", "epochs": e["p"], "lr": lr, **shared}],
+              "q": [{"step": "qat"}, {"step": "train", "epochs": e["q"], "lr": lr, **shared}],
               "d": [{"step": "kd", "epochs": e["d"], "lr": lr, **kd}]}
     return [s for c in order for s in stages[c]]
 

@@ -55,6 +55,7 @@ class SearchRequest:
     mlflow_uri: str
     identity: dict  # what --resume must match
     resume_meta: dict | None  # search.json of the search being resumed
+    seeded: int = 0  # the first points are seeded baselines: never stopped early
 
 
 def warm_store(uri: str, experiment: str) -> None:
@@ -71,9 +72,8 @@ def warm_store(uri: str, experiment: str) -> None:
 def build_setup(req: SearchRequest, device):
     """The shared inputs, built once: teacher (cached), teacher outputs, MI block scores, channel
     scores (allocator), and the teacher's shipped latency when latency is an objective."""
-    from m2mdc.compiler import ChannelScores
+    from m2mdc.compiler import ChannelScores, channel_signals
     from m2mdc.context import prepare_context
-    from m2mdc.knobs import knob_for
 
     from .trainable import SearchSetup
 
@@ -85,10 +85,9 @@ def build_setup(req: SearchRequest, device):
     ctx.get_teacher_outputs()
     ctx.get_block_scores(10, prof.probe_samples)
     ch_scores = ChannelScores(ctx, prof.probe_samples)
-    if req.space.mode == "allocator":  # computed here once for every signal the space can sample, shipped to trials
-        sig = req.space.params[knob_for("widths.signal")]
-        for s in (sig.choices or (sig.fixed,)):
-            ch_scores[s]
+    values = {name: p.choices or ((p.fixed,) if not p.sampled else ()) for name, p in req.space.params.items()}
+    for signal in channel_signals(req.space.mode, values):  # computed once here, shipped to every trial
+        ch_scores[signal]
     teacher = {k: t.get(k) for k in ("val_top1", "test_top1", "params", "gmacs", "size_bytes")}
     if "latency_ms" in req.objectives:
         from m2mdc.latency import format_ms, shipped_latency
@@ -114,13 +113,18 @@ def log_search_inputs(tracker, parent: str, space, teacher: dict) -> None:
                                               if isinstance(v, (int, float))])
 
 
+def trial_resources(req: SearchRequest) -> dict:
+    """What Ray reserves for each trial: its CPUs and its GPU share (1 by default where CUDA is)."""
+    return {"cpu": req.cpus, "gpu": req.args.gpus_per_trial}
+
+
 def run_search(req: SearchRequest) -> int:
     import ray
     from ray import tune
     from ray.tune import CLIReporter
     from ray.tune.schedulers import FIFOScheduler
 
-    from m2mdc.compiler import max_reports
+    from m2mdc.compiler import cohort, max_reports
     from m2mdc.device import pick_device
     from m2mdc.io import write_json
     from m2mdc.objectives import directions
@@ -167,7 +171,7 @@ def run_search(req: SearchRequest) -> int:
             write_json(exp_dir / "search.json", {"identity": req.identity, "parent_run_id": parent,
                                                  "mlflow_uri": req.mlflow_uri})
         trainable = tune.with_resources(tune.with_parameters(compression_trial, shared=SharedSetup(setup)),
-                                        {"cpu": req.cpus, "gpu": a.gpus_per_trial})
+                                        trial_resources(req))
         reporter = CLIReporter(metric_columns={"val_top1": "val top-1", "gmacs": "GMACs", "epochs_done": "epochs"},
                                max_report_frequency=60, sort_by_metric=False)
         run_config = tune.RunConfig(name=name, storage_path=str(exp_dir.parent), callbacks=[TrialLogger(tracker)],
@@ -188,7 +192,8 @@ def run_search(req: SearchRequest) -> int:
             scheduler = FIFOScheduler() if a.no_asha else CollapseStoppingASHA(
                 time_attr="training_iteration", metric="val_top1", mode="max", max_t=reports,
                 grace_period=min(req.training["epochs"], reports), reduction_factor=3, stop_fraction=a.stop_fraction,
-                min_recorded=a.asha_min_trials, state_path=exp_dir / "asha-rungs.json")
+                min_recorded=a.asha_min_trials, state_path=exp_dir / "asha-rungs.json", cohort=cohort,
+                exempt_first=req.seeded)
             tuner = tune.Tuner(trainable, param_space=space.param_space(), run_config=run_config,
                                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                                            num_samples=req.num_samples,

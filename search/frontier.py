@@ -12,6 +12,7 @@ Optuna SQLite study, pareto.csv / pareto.md / frontier.png, search.json).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 from m2mdc.errors import Parser, UserError, check_range, cli
 from m2mdc.io import ensure_writable, out_root
 from m2mdc.objectives import OBJECTIVE_SETS
-from m2mdc.cli.args import add_data_args, add_teacher_args, recipe_from_args
+from m2mdc.cli.args import add_data_args, add_teacher_args, teacher_and_data, teacher_from_args
 from search.driver import PROFILES, SearchRequest, run_search
 
 ASHA_STOP_FRACTION = 0.25  # a trial in the bottom quarter at a rung has collapsed (search/early_stop.py)
@@ -50,14 +51,19 @@ def build_parser() -> Parser:
                    help="ASHA rungs stop trials in this bottom share of val top-1 (default 0.25)")
     g.add_argument("--asha-min-trials", type=int, default=4,
                    help="trials recorded at a rung before it may stop any (default 4)")
-    g.add_argument("--points", default=None, help="JSON file: a list of configurations to evaluate first")
+    g.add_argument("--points", default=None, help="JSON file: a list of configurations to evaluate first (after "
+                   "the seeded baselines)")
+    g.add_argument("--seed-baselines", action=argparse.BooleanOptionalAction, default=True,
+                   help="start with the baselines a user would otherwise run (uniform width, Torch-Pruning-like local "
+                   "and global, M2M-DC at the budget); they are never stopped early (default on)")
     g.add_argument("--search-seed", type=int, default=0, help="seed of the sampler")
     o = p.add_argument_group("operations")
     o.add_argument("--name", default=None, help="search name (default frontier-ARCH-DATASET-bBUDGET)")
     o.add_argument("--resume", action="store_true", help="continue the interrupted search of that name")
     o.add_argument("--max-concurrent", type=int, default=1, help="trials at once (default 1)")
     o.add_argument("--cpus-per-trial", type=int, default=None, help="default: all CPUs of this machine")
-    o.add_argument("--gpus-per-trial", type=float, default=0.0, help="default 0 (set 1 on a GPU machine)")
+    o.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs each trial gets, fractions allowed "
+                   "(default: 1 when --device resolves to CUDA, else 0)")
     o.add_argument("--address", default=None, help="join an existing Ray cluster (HOST:PORT, auto or ray://...; "
                    "default: $RAY_ADDRESS, else a private local instance on 127.0.0.1); artefacts must then live on "
                    "storage every node sees (--out-dir)")
@@ -68,8 +74,7 @@ def build_parser() -> Parser:
 
 
 def _load_points(path: str | None, space) -> list[dict]:
-    """Configurations to evaluate first: the knobs each names (flat ``knob/stage`` names or nested
-    per-stage objects), the knob table's default for every other knob the space samples."""
+    """Configurations to evaluate first, from a JSON file."""
     if not path:
         return []
     try:
@@ -78,26 +83,60 @@ def _load_points(path: str | None, space) -> list[dict]:
         raise UserError(f"--points {path} is not a readable JSON file ({e})") from None
     if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
         raise UserError(f"--points {path} must hold a JSON list of configurations (objects)")
+    return [project_point(point, space, f"--points entry {i}") for i, point in enumerate(points)]
+
+
+def project_point(point: dict, space, where: str) -> dict:
+    """A configuration as the sampler sees it: the space's sampled knobs, each from ``point`` (flat
+    ``knob/stage`` names, nested per-stage objects, or one value for every stage), else the knob
+    table's default; knobs the space fixes keep the space's value."""
     from m2mdc.knobs import KNOBS
     from search.tracking import flat_config
 
-    sampled = space.sampled_names()
-    out = []
-    for i, point in enumerate(points):
-        flat = flat_config(point)
-        unknown = sorted(set(flat) - set(space.params))
-        if unknown:
-            raise UserError(f"--points entry {i}: unknown {unknown}; the space's knobs are {', '.join(space.params)}")
-        full = {}
-        for name in sampled:
-            knob = KNOBS[name.split("/")[0]]
-            value = flat.get(name, knob.default)
-            msg = knob.rule.message(f"--points entry {i}: {name}", value)
-            if msg is not None:
-                raise UserError(msg)
-            full[name] = value
-        out.append(full)
+    flat = flat_config(point)
+    for name, value in list(flat.items()):  # one value for a knob the space samples per stage
+        if name not in space.params and any(p.startswith(name + "/") for p in space.params):
+            del flat[name]
+            flat.update({p: value for p in space.params if p.startswith(name + "/")})
+    unknown = sorted(set(flat) - set(space.params))
+    if unknown:
+        raise UserError(f"{where}: unknown {unknown}; the space's knobs are {', '.join(space.params)}")
+    out = {}
+    for name in space.sampled_names():
+        knob = KNOBS[name.split("/")[0]]
+        value = flat.get(name, knob.default)
+        msg = knob.rule.message(f"{where}: {name}", value)
+        if msg is not None:
+            raise UserError(msg)
+        out[name] = value
     return out
+
+
+def seeded_points(space) -> list[dict]:
+    """The baselines a user would otherwise run (m2mdc.compiler.BASELINES), as the search's first
+    trials: at an equal trial budget the front can then never be worse than them on val."""
+    from m2mdc.compiler import BASELINES
+
+    if space.mode != "fractions":
+        return []
+    return [project_point(cfg, space, f"seeded baseline {name!r}") for name, cfg in BASELINES.items()]
+
+
+def gpus_per_trial(device: str, requested: float | None) -> float:
+    """Trials run where the hardware is: a GPU each when the device is CUDA, unless told otherwise;
+    never trials on the CPU beside a driver on CUDA (they would disagree on the device)."""
+    from m2mdc.device import pick_device
+
+    cuda = pick_device(device).type == "cuda"
+    gpus = (1.0 if cuda else 0.0) if requested is None else requested
+    check_range("--gpus-per-trial", gpus, 0.0, 64.0)
+    if gpus > 0 and not cuda:
+        raise UserError(f"--gpus-per-trial {gpus:g} but the device is the CPU (--device {device}); drop it or pass "
+                        f"--device cuda on a machine with CUDA")
+    if cuda and gpus == 0:
+        raise UserError("--gpus-per-trial 0 with a CUDA device: trials would train on the CPU while the teacher and "
+                        "its outputs live on the GPU; pass --device cpu to run everything on the CPU")
+    return gpus
 
 
 @cli
@@ -105,7 +144,7 @@ def main(argv=None):
     a = build_parser().parse_args(argv)
     prof = PROFILES[a.profile]
     check_range("--budget-gmacs", a.budget_gmacs, 0.0, math.inf, lo_open=True, hi_open=True, hint="e.g. --budget-gmacs 0.02")
-    if a.epochs is None and prof.teacher_epochs is not None:
+    if a.epochs is None and prof.teacher_epochs is not None and not a.teacher:
         a.epochs = prof.teacher_epochs
     num_samples = a.num_samples if a.num_samples is not None else prof.num_samples
     check_range("--num-samples", num_samples, 1, 10 ** 6)
@@ -119,21 +158,21 @@ def main(argv=None):
         check_range("--steps-per-epoch", steps, 1, 10 ** 7)
     cpus = a.cpus_per_trial or os.cpu_count() or 1
     check_range("--cpus-per-trial", cpus, 1, 10 ** 4)
-    check_range("--gpus-per-trial", a.gpus_per_trial, 0.0, 64.0)
-    recipe = recipe_from_args(a)
+    a.gpus_per_trial = gpus_per_trial(a.device, a.gpus_per_trial)
+    teacher_from_args(a)  # completes --arch with its stem
 
     from spaces import load_space
 
     space = load_space(a.space or a.arch, arch=a.arch)
-    points = _load_points(a.points, space)
+    seeded = seeded_points(space) if a.seed_baselines else []
+    points = seeded + _load_points(a.points, space)
     from m2mdc.allocate import check_budget
     from m2mdc.cost import CostModel
-    from m2mdc.data import load_dataset
+    from m2mdc.data import num_classes_of
     from m2mdc.models import get_adapter
 
-    ds = load_dataset(a.dataset, a.data_dir, a.resolution, a.val_size, a.split_seed)
-    adapter = get_adapter(a.arch)
-    check_budget(CostModel(adapter, ds.num_classes, ds.resolution), a.budget_gmacs)
+    check_budget(CostModel(get_adapter(a.arch), num_classes_of(a.dataset, a.data_dir), a.resolution), a.budget_gmacs)
+    recipe, ds = teacher_and_data(a, search=True)
 
     root = ensure_writable(out_root(a.out_dir))
     name = a.name or f"frontier-{a.arch}-{ds.name}-b{a.budget_gmacs:g}"
@@ -165,7 +204,7 @@ def main(argv=None):
     training = {"epochs": kd_epochs, "steps_per_epoch": steps}
     return run_search(SearchRequest(a, name, root, exp_dir, space, points, ds, recipe, prof,
                                     OBJECTIVE_SETS[a.objectives], num_samples, training, cpus, mlflow_uri, identity,
-                                    meta))
+                                    meta, seeded=len(seeded)))
 
 
 def exit_without_final_gc(rc) -> None:

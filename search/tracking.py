@@ -103,8 +103,8 @@ class SearchTracker:
             self.refresh()
 
     def child_runs(self):
-        return self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}'",
-                                       max_results=10000)
+        return self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}' and "
+                                       f"tags.role = 'trial'", max_results=10000)
 
     def run_for(self, trial) -> str:
         from mlflow.entities import Param

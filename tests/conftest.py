@@ -30,3 +30,4 @@ def out_dir(tmp_path) -> Path:
 def _isolate_outputs(tmp_path, monkeypatch):
     """No test writes into the repo's ./outputs."""
     monkeypatch.setenv("M2MDC_OUT_DIR", str(tmp_path / "default-outputs"))
+    monkeypatch.setenv("M2MDC_RESULTS_DIR", str(tmp_path / "results"))  # the committed results/ stays untouched

@@ -102,7 +102,8 @@ def test_smoke_search_end_to_end(out):
     """The acceptance command: default ResNet-18 space (QAT and sparsity included), ASHA on."""
     # an eager ASHA (stop below the 90th percentile from the first recorded trial on) so that some
     # trials are stopped early and the test can check they stay out of the Pareto set
-    r = frontier(out, "--name", "smoke", "--stop-fraction", "0.9", "--asha-min-trials", "1")
+    # (sampled trials only: seeded baselines are never stopped; they have their own test)
+    r = frontier(out, "--name", "smoke", "--stop-fraction", "0.9", "--asha-min-trials", "1", "--no-seed-baselines")
     assert "Pareto set" in r.stdout
     _, by_status = check_search(out, "smoke", 4)
     assert "stopped_early" in by_status.values()
@@ -118,8 +119,8 @@ def test_failing_trial_is_recorded_and_the_search_goes_on(out, tmp_path):
     points = [{**base, "kd_lr": 1.0e30}, {**base, "kd_lr": 1.0e-4}, {**base, "kd_lr": 1.0e-4, "mid_keep": 0.3}]
     points_file = tmp_path / "points.json"
     points_file.write_text(json.dumps(points))
-    frontier(out, "--name", "failing", "--space", str(space_file), "--points", str(points_file), "--num-samples",
-             "3", "--no-asha")
+    frontier(out, "--name", "failing", "--no-seed-baselines", "--space", str(space_file), "--points", str(points_file),
+             "--num-samples", "3", "--no-asha")
     children, by_status = check_search(out, "failing", 3)
     assert sorted(by_status.values()) == ["completed", "completed", "failed"]
     failed = next(c for c in children if c.data.tags["status"] == "failed")
@@ -198,7 +199,7 @@ def test_resume_stops_the_same_trials_as_an_uninterrupted_search(out, tmp_path):
     interrupted + resumed search stop exactly the trials an uninterrupted one stops."""
     points = tmp_path / "points.json"
     points.write_text(json.dumps(ASHA_POINTS))
-    args = ["--space", str(LEAN), "--points", str(points), "--num-samples", "4", "--stop-fraction", "0.9",
+    args = ["--space", str(LEAN), "--no-seed-baselines", "--points", str(points), "--num-samples", "4", "--stop-fraction", "0.9",
             "--asha-min-trials", "1", "--cpus-per-trial", "1"]
     frontier(out, *args, "--name", "asha-whole")
     cmd = [sys.executable, "search/frontier.py", "--budget-gmacs", str(BUDGET), "--profile", "smoke", "--dataset",
@@ -294,30 +295,56 @@ def test_export_a_pareto_member_to_onnx(out):
     assert np.abs(sess.run(None, {sess.get_inputs()[0].name: x})[0] - ref).max() <= 1e-4
 
 
-def test_baselines_on_the_same_budget(out):
-    """analysis/baselines.py: uniform, Torch-Pruning, M2M-DC defaults and the search's best, same teacher and KD."""
+def test_finalize_logs_finalized_children_under_the_parent(out, tmp_path):
+    results = tmp_path / "results"
+    r = subprocess.run([sys.executable, "analysis/finalize.py", "--experiment", "failing", "--k", "1", "--seeds", "0",
+                        "--budgets", "short", "--dataset", "digits", "--epochs", "5", "--out-dir", str(out)], cwd=REPO,
+                       capture_output=True, text=True, timeout=900, env={**os.environ, "M2MDC_RESULTS_DIR": str(results)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    client, parents, children = mlflow_runs(out, "failing")
+    exp = client.get_experiment_by_name("failing")
+    finalized = [x for x in client.search_runs([exp.experiment_id]) if x.data.tags.get("role") == "finalized"]
+    assert len(finalized) == 1 and finalized[0].data.tags["finalized"] == "true"
+    assert finalized[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    member = next(c for c in children if c.data.tags["trial_id"] == finalized[0].data.tags["trial_id"])
+    assert member.data.tags["pareto"] == "true"
+    saved = json.loads(next((results / "finalize" / "failing").glob("short-seed0-*.json")).read_text())
+    assert finalized[0].data.metrics["test_top1"] == pytest.approx(saved["test_top1"])
+    assert saved["kd_epochs_trained"] == 8  # the short budget's total, spread over the member's repairs
+    from analysis import review  # finalized children do not count as trials of the search
+
+    assert len(review.load_search(client, "failing").trials) == 3
+
+
+def test_baselines_train_every_row_with_the_same_settings(out, tmp_path):
+    """analysis/baselines.py: equal KD settings and epochs are asserted on what each row's training was
+    handed (the plans it ran), not on a label; the tuned row keeps the search's own KD knobs."""
     pytest.importorskip("torch_pruning")
+    results = tmp_path / "results"
     r = subprocess.run([sys.executable, "analysis/baselines.py", "--budget-gmacs", str(BUDGET), "--dataset", "digits",
-                        "--epochs", "5", "--experiment", "failing", "--kd-epochs", "1", "--steps-per-epoch", "3", "--group-l1",
-                        "--out-dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
+                        "--epochs", "5", "--experiment", "failing", "--k", "1", "--seeds", "0", "--budgets", "short",
+                        "--only", "uniform,global,M2M-DC,search", "--out-dir", str(out)], cwd=REPO, capture_output=True,
+                       text=True, timeout=1500, env={**os.environ, "M2MDC_RESULTS_DIR": str(results)})
     assert r.returncode == 0, r.stderr[-3000:]
     folder = out / "baselines" / "resnet18-digits-b0.02"
-    rows = json.loads((folder / "baselines.json").read_text())
-    names = [row["baseline"] for row in rows]
-    assert names[0] == "uniform width" and names[1].startswith("Torch-Pruning") and names[3].startswith("search best")
-    for row in rows:
-        assert row["gmacs"] <= BUDGET and 0 <= row["test_top1"] <= 100
-    assert rows[0]["gmacs"] > 0.9 * BUDGET and rows[1]["gmacs"] > 0.9 * BUDGET  # both spend the budget
-    assert names[4].startswith("search best, channels ranked by group_l1")
-    # equal training: every row gets the search best's total KD epochs (its repairs x T = 1)
-    from analysis.baselines import best_search_config
-
-    client, _, _ = mlflow_runs(out, "failing")
-    _, trial = best_search_config(client, "failing", BUDGET)
-    trial_id = client.get_run(trial["run_id"]).data.tags["trial_id"]
-    plan = json.loads((out / "search" / "failing" / f"trial_{trial_id}" / "model" / "record.json").read_text())["plan"]
-    assert {row["kd_epochs"] for row in rows} == {sum(st["step"] == "kd" for st in plan)}
-    assert (folder / "baselines.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((folder / "baselines.json").read_text())
+    rows = data["rows"]
+    assert any(k.startswith("Torch-Pruning global") for k in rows) and any(k.startswith("uniform") for k in rows)
+    fixed = [res for label, rs in rows.items() if "own sampled KD" not in label for res in rs]
+    tuned = [res for label, rs in rows.items() if "own sampled KD" in label for res in rs]
+    assert len(fixed) >= 4 and tuned
+    assert all(res["kd_settings"] == fixed[0]["kd_settings"] for res in fixed)  # what training was handed
+    assert fixed[0]["kd_settings"]["kl_weight"] == 1.0 and fixed[0]["kd_settings"]["steps_per_epoch"] == 40
+    assert {res["epochs_trained"] for res in fixed + tuned} == {8}
+    assert all(res["gmacs"] <= BUDGET for res in fixed + tuned)
+    client, _, children = mlflow_runs(out, "failing")
+    tid = next(res["row"].split()[-1] for res in fixed if res["row"].startswith("search "))  # the finalized member
+    trial = next(c for c in children if c.data.tags["trial_id"] == tid)
+    assert tuned[0]["kd_settings"]["lr"] == pytest.approx(float(trial.data.params["kd_lr"]))  # its own sampled lr
+    assert all(lat["backend"] in ("inductor", "eager-fallback") for lat in data["latency"].values())
+    for png in ("baselines.png", "baselines-latency.png"):
+        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in results.glob("baselines/*")) == ["resnet18-digits-b0.02"]
 
 
 def test_latency_objective_front_and_hypervolume_over_three_objectives(out):

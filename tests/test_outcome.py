@@ -83,3 +83,27 @@ def test_rungs_of_another_schedule_are_refused(tmp_path):
                                  grace_period=5, reduction_factor=2, state_path=path)
     with pytest.raises(ValueError, match="another schedule"):
         other.on_trial_add(None, SimpleNamespace(trial_id="x"))
+
+
+def test_one_shot_trials_are_compared_with_one_shot_trials_and_seeds_run_to_the_end():
+    """A one-shot trial reports after all its edits (lower accuracy at an early rung by design): the cut
+    ranks it among one-shot trials only. The first ``exempt_first`` trials (seeded baselines) are never stopped."""
+    from m2mdc.compiler import cohort
+
+    sched = CollapseStoppingASHA(time_attr="training_iteration", metric="val_top1", mode="max", max_t=11,
+                                 grace_period=2, reduction_factor=3, stop_fraction=0.5, min_recorded=2,
+                                 cohort=cohort, exempt_first=1)
+
+    def feed(tid, schedule, value):
+        trial = SimpleNamespace(trial_id=tid, config={"schedule": schedule})
+        if tid not in sched._trial_info:
+            sched.on_trial_add(None, trial)
+        return sched.on_trial_result(None, trial, {"training_iteration": 2, "val_top1": value})
+
+    assert feed("seed", "one-shot", 5.0) == "CONTINUE"  # exempt, whatever comes later
+    assert [feed(f"p{i}", "progressive", 62.0 - i) for i in range(3)] == ["CONTINUE", "CONTINUE", "STOP"]
+    # far below every progressive trial, but fine among one-shot ones
+    assert feed("o1", "one-shot", 30.0) == "CONTINUE"
+    assert feed("o2", "one-shot", 40.0) == "CONTINUE"
+    assert feed("o3", "one-shot", 10.0) == "STOP"  # a collapse among its own kind
+    assert set(sched.rungs()) == {"one-shot", "progressive"}

@@ -83,3 +83,45 @@ def test_order_controls_the_structural_sequence():
     assert a == ["block_prune", "kd", "widths", "kd", "widths", "kd", "qat", "kd", "sparsity", "kd"]
     assert [s["step"] for s in b][:5] == ["widths", "kd", "widths", "kd", "block_prune"]
     assert "mid" in b[0]["keep_cfg"] and "planes" in b[2]["keep_cfg"]
+
+
+def test_one_shot_plan_has_one_kd_step_with_all_epochs():
+    cfg = {"prune_ratio": 0.5, "planes_keep": 0.6, "mid_keep": 0.6, "order": "bpm", "signal": "bn", "qat": False,
+           "sparsity": 0.0, "schedule": "one-shot"}
+    progressive = plan_for({**cfg, "schedule": "progressive"}, 1.0)
+    one_shot = plan_for(cfg, 1.0)
+    assert [s["step"] for s in one_shot.plan] == ["block_prune", "widths", "widths", "kd"]
+    kd_epochs = [s["epochs"] for s in one_shot.plan if s["step"] == "kd"]
+    assert kd_epochs == [sum(s["epochs"] for s in progressive.plan if s["step"] == "kd")] == [3 * KD["epochs"]]
+    assert one_shot.keep_cfg == progressive.keep_cfg and one_shot.reports == progressive.reports
+
+
+@settings(max_examples=25, deadline=None)
+@given(budget=st.floats(0.005, 0.02), prune=st.sampled_from([0.0, 0.4]))
+def test_global_ranking_keeps_different_fractions_per_stage_and_meets_the_budget(budget, prune):
+    """Global ranking: one threshold over every channel's group-L1 importance divided by its group's mean
+    (recomputed here independently from the scores), projected to the budget."""
+    torch = pytest.importorskip("torch")
+    from m2mdc.compiler import Target
+
+    gen = torch.Generator().manual_seed(3)
+    widths = ADAPTER.group_widths(TEACHER)
+    # groups whose importance is spread differently, as training makes them
+    scores = {g: torch.rand(w, generator=gen) ** (1 + 3 * (i % 3)) for i, (g, w) in enumerate(widths.items())
+              if g.split(":")[0] in ("planes", "mid", "mid2")}
+    target = Target(ADAPTER, TEACHER, COST, SCORES, {"group_l1": scores})
+    cfg = {"prune_ratio": prune, "planes_keep": 1.0, "mid_keep": 1.0, "signal": "bn", "qat": False, "sparsity": 0.0,
+           "schedule": "one-shot", "ranking": "global"}
+    tp = compile_config(cfg, target, budget_gmacs=budget, training=KD)
+    assert tp.feasible and tp.gmacs <= budget and COST.gmacs(tp.keep_cfg) == tp.gmacs
+    planes = {s: w / COST.full_knob_widths[f"planes:{s}"] for s, w in tp.keep_cfg["planes"].items()}
+    assert len({round(f, 3) for f in planes.values()}) > 1  # not one uniform ratio
+    kept_blocks = {ADAPTER.block_name(s, i) for s, idx in tp.keep_cfg["blocks"].items() for i in idx}
+    got = {f"planes:{s}": w for s, w in tp.keep_cfg["planes"].items()}
+    got.update({f"mid:{b}": w for b, w in tp.keep_cfg["mid"].items() if b in kept_blocks})
+    norm = {k: scores[k] / scores[k].mean() for k in got}
+    order = torch.cat([v for v in norm.values()]).sort(descending=True).values
+    threshold = order[sum(got.values()) - 1]
+    for k, w in got.items():  # the widths are what one global threshold keeps (at least one channel each)
+        assert w == max(1, int((norm[k] >= threshold).sum())), k
+    assert all(s["signal"] == "group_l1" for s in tp.plan if s["step"] == "widths")

@@ -1,0 +1,181 @@
+"""Search, then train: re-train the K Pareto members of a search nearest its budget from the teacher,
+at a full training budget, over seeds; log them under the search's MLflow parent run (role and tag
+``finalized``) and report test mean ± std. Selection stays on val: the member a table calls the
+search's best is the one with the highest mean val, never chosen by test.
+
+    python analysis/finalize.py --experiment frontier-resnet18-cifar100-b0.02 --k 2 --seeds 0,1,2 --budgets long
+
+Every run goes through analysis/study.py: the same KD settings as the baselines (or, with
+``--kd tuned``, the member's own sampled ones), the budget's total epochs spread over its repairs,
+its result saved under results/finalize/NAME/ and reused when the teacher matches.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from m2mdc.cli.args import add_data_args, add_teacher_args, teacher_and_data
+from m2mdc.errors import Parser, UserError, check_range, cli
+from m2mdc.io import ensure_writable, out_root, write_text
+
+from analysis.study import BUDGETS, RESULTS, Run, execute, mean_std
+
+
+def _typed(v: str):
+    if v in ("True", "False"):
+        return v == "True"
+    try:
+        return float(v)
+    except ValueError:
+        return v
+
+
+def config_of(params: dict) -> dict:
+    """A trial's knob configuration from its MLflow params (``knob/stage`` entries nest)."""
+    config: dict = {}
+    for k, v in params.items():
+        head, _, tail = k.partition("/")
+        if tail:
+            config.setdefault(head, {})[tail] = _typed(v)
+        else:
+            config[k] = _typed(v)
+    return config
+
+
+def members(client, experiment: str, budget: float, k: int) -> tuple[object, list]:
+    """(parent run, the K Pareto members within ``budget`` nearest it), from the search's MLflow runs."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise UserError(f"no MLflow experiment named {experiment!r}; run search/frontier.py first")
+    runs = client.search_runs([exp.experiment_id], max_results=10000, order_by=["attributes.start_time ASC"])
+    parents = [r for r in runs if r.data.tags.get("role") == "search"]
+    if not parents:
+        raise UserError(f"experiment {experiment!r} holds no search run; it was not written by search/frontier.py")
+    parent = parents[-1]
+    front = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+             and r.data.tags.get("role") == "trial" and r.data.tags.get("pareto") == "true"
+             and r.data.metrics.get("gmacs", 1e9) <= budget]
+    if not front:
+        raise UserError(f"search {experiment!r} has no Pareto member within {budget:g} GMACs")
+    return parent, sorted(front, key=lambda r: budget - r.data.metrics["gmacs"])[:k]
+
+
+def log_finalized(client, parent, member, result: dict) -> None:
+    """One MLflow child run of the search's parent per finalized (member, budget, seed)."""
+    from mlflow.entities import Metric, Param
+
+    run = client.create_run(parent.info.experiment_id, run_name=f"finalized {member.data.tags.get('trial_id')} "
+                            f"{result['run']['budget']} seed {result['run']['seed']}",
+                            tags={"mlflow.parentRunId": parent.info.run_id, "role": "finalized", "finalized": "true",
+                                  "trial_id": member.data.tags.get("trial_id"), "budget": result["run"]["budget"],
+                                  "seed": str(result["run"]["seed"]), "kd": "tuned" if result["run"]["tuned_kd"]
+                                  else "fixed", "keep_cfg": str(result["keep_cfg"])[:5000]})
+    now = int(time.time() * 1000)
+    client.log_batch(run.info.run_id, metrics=[Metric(m, float(result[m]), now, 0) for m in
+                                                ("val_top1", "test_top1", "gmacs", "params") if result.get(m) is not None],
+                     params=[Param(k, str(v)) for k, v in result["kd_settings"].items()])
+    client.set_terminated(run.info.run_id, status="FINISHED")
+
+
+def finalize(client, experiment: str, ctx, target, budget: float, k: int, seeds: list[int], budgets: list[str],
+             tuned: bool = False, models: Path | None = None) -> list[dict]:
+    """Train the K members nearest the budget at every (budget, seed); return one summary per member."""
+    parent, chosen = members(client, experiment, budget, k)
+    folder = RESULTS / "finalize" / experiment
+    out = []
+    for member in chosen:
+        config = config_of(member.data.params)
+        tid = member.data.tags.get("trial_id")
+        results = []
+        for b in budgets:
+            for seed in seeds:
+                run = Run(f"search {tid}", "config", b, seed, config=config, tuned_kd=tuned)
+                print(f"[finalize] {experiment} trial {tid}: {b} budget, seed {seed}", flush=True)
+                result = execute(run, ctx, target, budget, folder, models)
+                log_finalized(client, parent, member, result)
+                results.append(result)
+        out.append({"trial_id": tid, "run_id": member.info.run_id, "config": config, "search_val": member.data.metrics
+                    .get("val_top1"), "results": results})
+    return out
+
+
+def best_member(summaries: list[dict], budget: str) -> dict:
+    """The finalized member with the highest mean val at ``budget``: test never chooses."""
+    def mean_val(s):
+        vals = [r["val_top1"] for r in s["results"] if r["run"]["budget"] == budget]
+        return statistics.mean(vals) if vals else -1.0
+    return max(summaries, key=mean_val)
+
+
+@cli
+def main(argv=None):
+    p = Parser(prog="python analysis/finalize.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--experiment", required=True, help="the search to finalize (its MLflow experiment)")
+    p.add_argument("--budget-gmacs", type=float, default=None, help="default: the search's own budget")
+    p.add_argument("--k", type=int, default=2, help="Pareto members nearest the budget to re-train (default 2)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--budgets", default="long", help=f"comma-separated, of {', '.join(BUDGETS)} (default long)")
+    p.add_argument("--kd", default="fixed", choices=("fixed", "tuned"), help="fixed: the baselines' KD settings "
+                   "(default); tuned: each member's own sampled KD knobs")
+    p.add_argument("--mlflow-uri", default=None, help="default sqlite:///OUT/mlflow.db")
+    add_teacher_args(p)
+    add_data_args(p)
+    a = p.parse_args(argv)
+    seeds, budgets = parse_seeds(a.seeds), parse_budgets(a.budgets)
+    check_range("--k", a.k, 1, 100)
+    from mlflow.tracking import MlflowClient
+
+    from m2mdc.compiler import target_of
+    from m2mdc.context import prepare_context
+    from m2mdc.device import pick_device
+    from search.tracking import check_reachable, default_uri
+
+    root = out_root(a.out_dir)
+    uri = a.mlflow_uri or default_uri(root)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise UserError(f"no MLflow store at {uri}; pass --mlflow-uri or --out-dir of the search")
+    check_reachable(uri)
+    client = MlflowClient(tracking_uri=uri)
+    parent, _ = members(client, a.experiment, a.budget_gmacs or 1e9, a.k)
+    budget = a.budget_gmacs or float(parent.data.tags["budget_gmacs"])
+    source, ds = teacher_and_data(a)
+    ctx = prepare_context(a.arch, ds, source, pick_device(a.device), a.out_dir)
+    summaries = finalize(client, a.experiment, ctx, target_of(ctx), budget, a.k, seeds, budgets, a.kd == "tuned",
+                         ensure_writable(root / "finalize" / a.experiment))
+    lines = ["| trial | val top-1 in the search | budget | val top-1 | test top-1 | GMACs | params | seeds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        for b in budgets:
+            rs = [r for r in s["results"] if r["run"]["budget"] == b]
+            lines.append(f"| {s['trial_id']} | {s['search_val']:.2f} | {b} | {mean_std([r['val_top1'] for r in rs])} | "
+                         f"{mean_std([r['test_top1'] for r in rs])} | {rs[0]['gmacs']:.4f} | "
+                         f"{rs[0]['params'] / 1e6:.3f}M | {len(rs)} |")
+    md = "\n".join(lines) + "\n"
+    write_text(root / "finalize" / a.experiment / "finalize.md", md)
+    print(md)
+    print(f"best by mean val ({budgets[-1]}): trial {best_member(summaries, budgets[-1])['trial_id']}")
+    return 0
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text!r} must name distinct seeds")
+    return seeds
+
+
+def parse_budgets(text: str) -> list[str]:
+    budgets = [b.strip() for b in text.split(",") if b.strip()]
+    bad = [b for b in budgets if b not in BUDGETS]
+    if bad or not budgets:
+        raise UserError(f"--budgets {text!r}: choose from {', '.join(BUDGETS)}")
+    return budgets
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Fair re-training for comparisons: every run of a table trains the same total KD epochs (of the
+same batches per epoch) with the same KD settings, is BN-recalibrated after its structural edits,
+and is saved as a small JSON record under a committed results folder, keyed by what determines it
+(the teacher's weight hash included) and reused when it matches, so a table can be completed over
+several sessions and on fresh machines.
+
+A run is a *method* (a knob configuration compiled by m2mdc.compiler, Torch-Pruning's local or
+global pruning, a PQD order) at a *budget* (short: 8 epochs of 40 batches, the quick profile's
+total; long: 8 full epochs) and a *seed* (batch order, augmentation). Equal settings are asserted
+on what the training code was handed: each record keeps the KD settings of the plan it ran.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from m2mdc.errors import UserError
+from m2mdc.io import stable_hash, write_json
+
+RESULTS = Path(os.environ.get("M2MDC_RESULTS_DIR") or Path(__file__).resolve().parents[1] / "results")  # committed:
+# tables resume from here ($M2MDC_RESULTS_DIR elsewhere, e.g. the tests' temporary folders)
+BUDGETS = {"short": {"epochs": 8, "steps_per_epoch": 40}, "long": {"epochs": 8, "steps_per_epoch": None}}
+# One KD setting for every row of a comparison: the paper's loss (ramped alpha*=beta*=0.1, Adam 1e-4,
+# clip 1.0) plus Hinton's KL term (weight 1, T 4), the strongest repair measured here (shared notes),
+# so no baseline is handicapped by its repair.
+FIXED_KD = {"kd.alpha": 0.1, "kd.beta": 0.1, "kd.lr": 1e-4, "kd.kl_weight": 1.0, "kd.temperature": 4.0}
+KD_COMPARED = ("alpha", "beta", "lr", "clip", "batch_size", "kl_weight", "temperature", "crop", "steps_per_epoch")
+
+
+@dataclass
+class Run:
+    """One (method, budget, seed) of a table."""
+
+    row: str  # the table's row label
+    method: str  # "config" | "torch-pruning" | "pqd"
+    budget: str  # key of BUDGETS
+    seed: int
+    config: dict = field(default_factory=dict)  # knobs (config / pqd methods)
+    recipe: str = "fractions"
+    tp_global: bool = False  # torch-pruning: one global ranking instead of one ratio per layer
+    qat: bool = False  # torch-pruning: then INT8 QAT with KD under fake-quant (half the epochs each)
+    tuned_kd: bool = False  # keep the configuration's own KD knobs instead of FIXED_KD
+
+    def key(self, teacher_sha: str, budget_gmacs: float) -> str:
+        return stable_hash({**asdict(self), "teacher": teacher_sha, "budget_gmacs": budget_gmacs,
+                            "budgets": BUDGETS[self.budget], "fixed_kd": None if self.tuned_kd else FIXED_KD,
+                            "version": 1}, 12)
+
+
+def teacher_sha(ctx) -> str:
+    """The teacher's identity for reuse: the sha256 of its weights (file or cached model.pt)."""
+    rec = ctx.teacher_record
+    if rec.get("sha256"):
+        return rec["sha256"]
+    h = hashlib.sha256()
+    with open(Path(rec["path"]) / "model.pt", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def split_epochs(plan: list[dict], total: int) -> list[dict]:
+    """``plan`` with ``total`` KD epochs spread over its KD repairs (E // k each, the rest on the last)."""
+    kd_at = [i for i, st in enumerate(plan) if st["step"] == "kd"]
+    plan = [dict(st) for st in plan]
+    for j, i in enumerate(kd_at):
+        plan[i]["epochs"] = total // len(kd_at) + (total % len(kd_at) if j == len(kd_at) - 1 else 0)
+    if any(plan[i]["epochs"] < 1 for i in kd_at):
+        raise UserError(f"{total} KD epochs cannot be shared by {len(kd_at)} repairs")
+    return plan
+
+
+def _kd_knobs(run: Run, config: dict) -> dict:
+    from m2mdc.knobs import setting_config
+
+    return config if run.tuned_kd else {**config, **setting_config(FIXED_KD)}
+
+
+def plan_of(run: Run, target, budget_gmacs: float) -> list[dict]:
+    """The plan a config / pqd run trains: compiled, then the budget's total epochs spread over its repairs."""
+    from m2mdc.compiler import compile_config
+
+    b = BUDGETS[run.budget]
+    training = {"steps_per_epoch": b["steps_per_epoch"], "seed": run.seed}
+    if run.method == "pqd":
+        training.update(pqd_epochs=b["epochs"])
+    compiled = compile_config(_kd_knobs(run, run.config), target, recipe=run.recipe, budget_gmacs=budget_gmacs,
+                              training=training)
+    if not compiled.feasible:
+        raise UserError(f"{run.row}: does not fit {budget_gmacs:g} GMACs ({'; '.join(compiled.notes)})")
+    return compiled.plan if run.method == "pqd" else split_epochs(compiled.plan, b["epochs"])
+
+
+def kd_settings(plan: list[dict]) -> dict:
+    """The KD settings the training code is handed (they must agree across a table's rows)."""
+    kds = [{k: s[k] for k in KD_COMPARED} for s in plan if s["step"] == "kd"]
+    if any(k != kds[0] for k in kds):
+        raise ValueError(f"a plan's KD repairs disagree: {kds}")
+    return kds[0] if kds else {}
+
+
+def execute(run: Run, ctx, target, budget_gmacs: float, folder: Path, models: Path | None = None,
+            quiet: bool = True) -> dict:
+    """The run's result, from ``folder`` when it was done before on this teacher, else trained now."""
+    from m2mdc.results import save_result
+    from m2mdc.runner import run_plan
+
+    sha = teacher_sha(ctx)
+    key = run.key(sha, budget_gmacs)
+    path = folder / f"{run.budget}-seed{run.seed}-{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    init = None
+    if run.method == "torch-pruning":
+        from m2mdc.bn import recalibrate_bn
+        from m2mdc.data import Loader
+
+        from analysis.baselines import torch_pruning_student
+
+        student, keep, ratio = torch_pruning_student(ctx.teacher, ctx.adapter, budget_gmacs, ctx.ds.resolution,
+                                                     global_pruning=run.tp_global)
+        student = student.to(ctx.device)
+        recalibrate_bn(student, Loader(ctx.ds.train, 128, ctx.device, shuffle=True, resolution=ctx.ds.resolution,
+                                       seed=1), batches=50)
+        init = (student, keep.tolist())
+        b = BUDGETS[run.budget]
+        kd = {"step": "kd", "seed": run.seed, "steps_per_epoch": b["steps_per_epoch"],
+              **{k.split(".")[1]: v for k, v in FIXED_KD.items()}}
+        plan = [kd] if not run.qat else [kd, {"step": "qat"}, dict(kd)]
+        plan = split_epochs(plan, b["epochs"])
+    else:
+        plan = plan_of(run, target, budget_gmacs)
+    model, record = run_plan(plan, ctx, quiet=quiet, init=init)
+    if models is not None:
+        save_result(model, record, models / path.stem)
+    result = {"row": run.row, "run": asdict(run), "key": key, "teacher_sha256": sha, "budget_gmacs": budget_gmacs,
+              "val_top1": record["val_top1"], "test_top1": record["test_top1"], "gmacs": record["gmacs"],
+              "params": record["params"], "int8": record["int8"], "keep_cfg": record["keep_cfg"],
+              "kd_settings": kd_settings(record["plan"]),
+              "kd_epochs_trained": sum(s["epochs_trained"] for s in record["steps"] if s["step"] == "kd"),
+              "epochs_trained": sum(s.get("epochs_trained", 0) for s in record["steps"]),
+              "steps": [s["step"] for s in record["plan"]], "minutes": (time.perf_counter() - t0) / 60,
+              "machine": machine()}
+    if run.method == "torch-pruning":
+        result["tp_ratio"] = ratio
+    write_json(path, result)
+    return result
+
+
+def machine() -> str:
+    import platform
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.system()}"
+
+
+def mean_std(xs: list[float]) -> str:
+    if not xs:
+        return ""
+    if len(xs) == 1:
+        return f"{xs[0]:.2f}"
+    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}"
