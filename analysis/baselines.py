@@ -37,7 +37,7 @@ from m2mdc.cli.args import add_data_args, add_teacher_args, teacher_and_data
 from m2mdc.errors import Parser, UserError, check_range, cli
 from m2mdc.io import ensure_writable, out_root, write_json, write_text
 
-from analysis.study import BUDGETS, FIXED_KD, RESULTS, Run, execute, machine, mean_std
+from analysis.study import BUDGETS, FIXED_KD, Run, execute, machine, mean_std, results_root
 
 
 def torch_pruning_student(teacher, adapter, budget: float, resolution: int, global_pruning: bool = False):
@@ -207,7 +207,7 @@ def main(argv=None):
     ctx = prepare_context(a.arch, ds, source, pick_device(a.device), a.out_dir)
     target = target_of(ctx)
     name = f"{a.arch}-{ds.name}-b{a.budget_gmacs:g}"
-    folder, models = RESULTS / "baselines" / name, ensure_writable(root / "baselines" / name / "models")
+    folder, models = results_root() / "baselines" / name, ensure_writable(root / "baselines" / name / "models")
     rows: dict[str, list[dict]] = {}
 
     def wanted(label):

@@ -38,6 +38,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: this machine's, at most 2)")
     p.add_argument("--resolution", type=int, default=32)
     a = p.parse_args(argv)
+    if not a.results and not a.teacher:
+        raise UserError("nothing to measure: pass result folders and/or --teacher")
     from m2mdc import metrics
     from m2mdc.deploy import deployment_metrics
     from m2mdc.results import load_result

@@ -20,7 +20,7 @@ from m2mdc.cli.args import add_data_args, add_teacher_args, teacher_and_data
 from m2mdc.errors import Parser, UserError, check_range, cli
 from m2mdc.io import ensure_writable, out_root, write_text
 
-from analysis.study import BUDGETS, RESULTS, Run, execute, mean_std
+from analysis.study import BUDGETS, Run, execute, mean_std, results_root
 
 
 def _typed(v: str):
@@ -83,7 +83,7 @@ def finalize(client, experiment: str, ctx, target, budget: float, k: int, seeds:
              tuned: bool = False, models: Path | None = None) -> list[dict]:
     """Train the K members nearest the budget at every (budget, seed); return one summary per member."""
     parent, chosen = members(client, experiment, budget, k)
-    folder = RESULTS / "finalize" / experiment
+    folder = results_root() / "finalize" / experiment
     out = []
     for member in chosen:
         config = config_of(member.data.params)

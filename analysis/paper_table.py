@@ -13,9 +13,13 @@ any training, the (prune ratio, planes keep, mid keep) on a 0.05 grid whose stud
 paper's reductions (params and GMACs as shares of the teacher's), priced with the analytic
 CostModel on the teacher's MI ranking; ``--size defaults`` runs the 0.5 / 0.5 / 0.5 defaults.
 
-Each seed's result is saved under OUT/paper_table/ and reused by a later call with the same
-settings, so an interrupted report resumes where it stopped. The report (markdown + JSON) goes to
-OUT/paper_table/paper_table-<dataset>.md.
+Each seed's stage rows are saved as a small JSON under results/paper_table/DATASET/ (keyed by the
+plan and the teacher's weight hash; the model itself under OUT/paper_table/) and reused by a later
+call, so a report resumes where it stopped, also on a fresh machine. Architectures whose paper
+claim is a student *above* its teacher (MobileNetV2) also get a control row: the teacher itself
+trained on with the same KD repairs, for the same total epochs the student's repairs took (a student
+can beat an under-trained teacher through extra training alone). The report (markdown + JSON) goes
+to OUT/paper_table/paper_table-<dataset>.md; its list of differences follows the flags used.
 """
 from __future__ import annotations
 
@@ -40,30 +44,54 @@ PAPER = {
     "resnet34": {"best_top1": 85.02, "mean_top1": 84.62, "params_m": 5.46, "gmacs": 0.0195,
                  "params_share": 0.26, "gmacs_share": 0.26},
     "mobilenet_v2": {"teacher_top1": 66.03, "mean_top1": 68.54, "params_m": 1.71, "gmacs": 0.0186,
-                     "params_share": 0.73, "gmacs_share": 0.76},
+                     "params_share": 0.73, "gmacs_share": 0.76, "above_teacher": True},
 }
+CONTROL = "control: teacher + the same KD epochs"
 ROWS = ("teacher", "block-KD", "planes-KD", "inner-slice (mid-KD)")
 GRID = [round(0.30 + 0.05 * i, 2) for i in range(15)]  # 0.30 ... 1.00
 PRUNE_RATIOS = (0.25, 0.5, 0.75)
 
-DIFFERENCES = [
-    "Teacher: trained from scratch on {dataset} here ({teacher_epochs} epoch(s), SGD one-cycle), because "
-    "ImageNet weights cannot be downloaded on this machine (the paper fine-tunes ImageNet-pretrained "
-    "teachers); `--weights PATH` runs the fine-tuning path with a local state_dict.",
-    "KD: {kd_epochs} epoch(s) per repair{steps} here; the paper's recipe is T = 5 full epochs.",
-    "Seeds: {n_seeds} seeds vary the KD repairs (batch order, augmentation); one teacher and one MI "
-    "ranking are shared by all seeds. The paper's seeds may also retrain the teacher.",
-    "Student size: the paper's keep fractions are not in its abstract; here {size_note}.",
-    "Parameters: the paper's ResNet-18/34 counts match a 10-class head (teacher 11.18M / 21.29M); "
-    "ours have a 100-class head, so both are listed (100 / 10 classes).",
-    "GMACs: fvcore at 32x32 input, torchvision stem (conv 7x7/2 + max pool), as the paper's ResNet "
-    "GMACs imply (0.0139 / 0.37 = 0.0376 for the teacher; torchvision ResNet-18 at 32x32 = 0.0372). "
-    "The paper's MobileNetV2 \"conv-GMacs\" (teacher ~0.0245) do not match torchvision MobileNetV2 "
-    "at 32x32 (0.0065), so for it only the shares are comparable.",
-    "Paper rows other than the final student (teacher, block-KD, planes-KD) are not stated in the "
-    "abstract and are left blank rather than guessed; the paper's teacher params / GMACs are derived "
-    "from its stated reductions.",
-]
+def differences(report: dict) -> list[str]:
+    """What differs from the paper, written from the settings this report actually used."""
+    t = report["teacher"]
+    if t["source"] == "file":
+        teacher = (f"Teacher: the user's checkpoint {t['file']} (sha256 {t['sha256'][:12]}), as it is; the paper "
+                   f"fine-tunes ImageNet-pretrained teachers.")
+    elif t["source"] == "finetune":
+        teacher = (f"Teacher: fine-tuned here from {t['weights']} ({t['epochs']} epoch(s), last third of the blocks + "
+                   f"head, Adam), the paper's recipe.")
+    else:
+        teacher = (f"Teacher: trained from scratch on {report['dataset']} here ({t['epochs']} epoch(s), SGD one-cycle), "
+                   f"because ImageNet weights cannot be downloaded on this machine (the paper fine-tunes ImageNet-"
+                   f"pretrained teachers); `--weights PATH` runs the fine-tuning path with a local state_dict.")
+    steps = f" of {report['steps_per_epoch']} batches" if report["steps_per_epoch"] else " (full epochs)"
+    size = ("the keep fractions are the 0.05-grid point whose params and GMACs shares of the teacher are closest to "
+            "the paper's stated reductions: " + "; ".join(
+                f"{arch} prune {r['fractions']['block_prune.ratio']}, planes {r['fractions']['planes.keep']}, mid "
+                f"{r['fractions']['mid.keep']} -> params {r['shares']['params_share']:.3f}, GMACs "
+                f"{r['shares']['gmacs_share']:.3f} of the teacher (paper {PAPER[split_arch(arch)[0]]['params_share']:.2f}, "
+                f"{PAPER[split_arch(arch)[0]]['gmacs_share']:.2f})" for arch, r in report["archs"].items())
+            if report["size"] == "paper" else "the defaults prune 0.5, planes 0.5, mid 0.5 are used")
+    stems = "; ".join(f"{arch}: {split_arch(arch)[1]} stem" for arch in report["archs"])
+    nc = report["num_classes"]
+    out = [teacher,
+           f"KD: {report['kd_epochs']} epoch(s) per repair{steps} here; the paper's recipe is T = 5 full epochs.",
+           f"Seeds: {len(report['seeds'])} seed(s) vary the KD repairs (batch order, augmentation); one teacher and one "
+           f"MI ranking are shared by all seeds. The paper's seeds may also retrain the teacher.",
+           f"Student size: the paper's keep fractions are not in its abstract; here {size}.",
+           f"Parameters: the paper's ResNet-18/34 counts match a 10-class head (teacher 11.18M / 21.29M); ours have a "
+           f"{nc}-class head" + (", so both are listed (" + f"{nc} / 10 classes)." if nc != 10 else "."),
+           f"GMACs: fvcore at {report['resolution']}x{report['resolution']} input ({stems}). The paper's ResNet GMACs "
+           f"imply the torchvision stem (0.0139 / 0.37 = 0.0376 for the teacher; torchvision ResNet-18 at 32x32 = "
+           f"0.0372); its MobileNetV2 \"conv-GMacs\" (teacher ~0.0245) match a stride-1 stem (MobileNetV2 with "
+           f"--stem cifar: 0.0257 at 32x32), not torchvision's (0.0065).",
+           "Paper rows other than the final student (teacher, block-KD, planes-KD) are not stated in the abstract and "
+           "are left blank rather than guessed; the paper's teacher params / GMACs are derived from its stated "
+           "reductions."]
+    if any(CONTROL in r["stages"] for r in report["archs"].values()):
+        out.append(f"Control ({CONTROL}): the teacher, uncompressed, repaired with KD from itself for the same total "
+                   f"epochs as the student's three repairs, per seed: what extra training alone buys.")
+    return out
 
 
 def _m2mdc_config(fractions: dict) -> dict:
@@ -122,22 +150,33 @@ def _mean_std(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}"
 
 
-def run_seed(ctx, plan: list[dict], root: Path, name: str) -> dict:
-    """Run one seed's plan, or reuse a saved result of the same validated plan on the same teacher (an
-    interrupted report resumes, whatever the folder was called when it was written)."""
+def run_seed(ctx, plan: list[dict], root: Path, name: str, results: Path, adapter) -> dict:
+    """One seed's stage rows: from its JSON under ``results`` when the plan and the teacher's weights
+    match, else from a saved record of the same plan on the same teacher, else trained now."""
+    from analysis.study import teacher_sha
     from m2mdc.results import save_result
     from m2mdc.runner import run_plan
 
-    prefix = name.rsplit("-", 1)[0]
-    for path in sorted(root.glob(f"{prefix}-*/record.json")):
-        record = json.loads(path.read_text())
-        if record["plan"] == json.loads(json.dumps(plan)) and \
-                record["teacher"].get("path") == ctx.teacher_record.get("path"):
+    sha = teacher_sha(ctx)
+    small = results / f"{name.rsplit('-', 1)[0]}-{stable_hash({'plan': plan, 'teacher': sha}, 12)}.json"
+    if small.exists():
+        print(f"[paper] reusing {small}", flush=True)
+        return json.loads(small.read_text())
+    record = None
+    for path in sorted(root.glob(f"{name.rsplit('-', 1)[0]}-*/record.json")):
+        saved = json.loads(path.read_text())
+        if saved["plan"] == json.loads(json.dumps(plan)) and saved["teacher"].get("path") == ctx.teacher_record.get("path"):
             print(f"[paper] reusing {path.parent}", flush=True)
-            return record
-    model, record = run_plan(plan, ctx)
-    save_result(model, record, root / name)
-    return record
+            record = saved
+            break
+    if record is None:
+        model, record = run_plan(plan, ctx)
+        save_result(model, record, root / name)
+    out = {"plan": record["plan"], "teacher_sha256": sha, "keep_cfg": record["keep_cfg"],
+           "stages": stage_rows(record, adapter) if record["plan"][0]["step"] != "kd" or len(record["plan"]) > 1
+           else {CONTROL: {k: record[k] for k in ("val_top1", "test_top1", "params", "gmacs")}}}
+    write_json(small, out)
+    return out
 
 
 @cli
@@ -152,10 +191,13 @@ def main(argv=None):
     add_teacher_args(p, arch=False)
     add_data_args(p)
     a = p.parse_args(argv)
+    from m2mdc.models import arch_id
+
     archs = [x.strip() for x in a.archs.split(",") if x.strip()]
-    bad = [x for x in archs if x not in PAPER]
+    bad = [x for x in archs if split_arch(x)[0] not in PAPER]
     if bad or not archs:
-        raise UserError(f"--archs {a.archs!r}: the paper reports {', '.join(PAPER)}; pick from those")
+        raise UserError(f"--archs {a.archs!r}: the paper reports {', '.join(PAPER)} (a name may carry its stem, "
+                        f"e.g. mobilenet_v2-cifar); pick from those")
     try:
         seeds = [int(s) for s in a.seeds.split(",")]
     except ValueError:
@@ -164,11 +206,10 @@ def main(argv=None):
         raise UserError(f"--seeds {a.seeds!r} repeats a seed")
     check_range("--kd-epochs", a.kd_epochs, 1, 10 ** 4)
     check_range("--steps-per-epoch", a.steps_per_epoch, 0, 10 ** 9)
-    recipe = teacher_from_args(a)
-    from m2mdc.models import arch_id
+    archs = [x if split_arch(x)[1] != "torchvision" or "-" in x else arch_id(x, a.stem) for x in archs]
+    source = teacher_from_args(a)
 
-    archs = [arch_id(x, a.stem) for x in archs]
-
+    from analysis.study import results_root
     from m2mdc import metrics
     from m2mdc.compiler import compile_config, target_of
     from m2mdc.context import prepare_context
@@ -177,12 +218,13 @@ def main(argv=None):
     device = pick_device(a.device)
     ds = dataset_from_args(a, arch=archs[0])
     root = ensure_writable(out_root(a.out_dir) / "paper_table")
-    report = {"source": SOURCE, "dataset": ds.name, "seeds": seeds, "kd_epochs": a.kd_epochs,
-              "steps_per_epoch": a.steps_per_epoch or None, "teacher_epochs": recipe.epochs, "size": a.size,
-              "archs": {}}
+    results = results_root() / "paper_table" / ds.name
+    report = {"source": SOURCE, "dataset": ds.name, "num_classes": ds.num_classes, "resolution": ds.resolution,
+              "seeds": seeds, "kd_epochs": a.kd_epochs, "steps_per_epoch": a.steps_per_epoch or None,
+              "teacher": teacher_summary(source), "size": a.size, "archs": {}}
     t0 = time.perf_counter()
     for arch in archs:
-        ctx = prepare_context(arch, ds, recipe, device, a.out_dir)
+        ctx = prepare_context(arch, ds, source, device, a.out_dir)
         adapter, target = ctx.adapter, target_of(ctx)
         if a.size == "paper":
             fractions, shares = paper_size_config(ctx, target, arch)
@@ -192,14 +234,20 @@ def main(argv=None):
               f"mid keep {fractions['mid.keep']}" + (f" (params {shares['params_share']:.3f}, GMACs "
                                                      f"{shares['gmacs_share']:.3f} of the teacher)" if shares else ""),
               flush=True)
-        per_seed = []
+        per_seed, controls = [], []
         for seed in seeds:
             training = {"epochs": a.kd_epochs, "steps_per_epoch": a.steps_per_epoch or None, "seed": seed}
             plan = compile_config(_m2mdc_config(fractions), target, recipe="m2mdc", training=training).plan
-            name = f"{arch}-{ds.name}-seed{seed}-{stable_hash({'plan': plan, 'recipe': repr(recipe)}, 8)}"
+            name = f"{arch}-{ds.name}-seed{seed}-{stable_hash({'plan': plan, 'recipe': repr(source)}, 8)}"
             print(f"[paper] {arch} seed {seed} -> {root / name}", flush=True)
-            record = run_seed(ctx, plan, root, name)
-            per_seed.append(stage_rows(record, adapter))
+            per_seed.append(run_seed(ctx, plan, root, name, results, adapter)["stages"])
+            if PAPER[split_arch(arch)[0]].get("above_teacher"):  # the control: extra training, no compression
+                epochs = sum(st["epochs"] for st in plan if st["step"] == "kd")
+                control = compile_config({}, target, recipe="m2mdc", training={**training, "epochs": epochs}).plan
+                control = [st for st in control if st["step"] == "kd"][:1]
+                name = f"{arch}-{ds.name}-control-seed{seed}-{stable_hash({'plan': control}, 8)}"
+                print(f"[paper] {arch} control, seed {seed} -> {root / name}", flush=True)
+                controls.append(run_seed(ctx, control, root, name, results, adapter)["stages"][CONTROL])
         t = ctx.teacher_record
         teacher = {"val_top1": [t["val_top1"]], "test_top1": [t["test_top1"]], "params": t["params"],
                    "gmacs": t["gmacs"], "params_10": metrics.count_params(adapter.base_model(10))}
@@ -210,7 +258,15 @@ def main(argv=None):
                 stages[label] = {"val_top1": [g["val_top1"] for g in got], "test_top1": [g["test_top1"] for g in got],
                                  "params": got[0]["params"], "gmacs": got[0]["gmacs"],
                                  "params_10": got[0]["params_10"]}
-        report["archs"][arch] = {"fractions": fractions, "shares": shares, "stages": stages}
+        entry = {"fractions": fractions, "shares": shares, "stages": stages}
+        if controls:
+            entry["control"] = {"val_top1": [c["val_top1"] for c in controls],
+                                "test_top1": [c["test_top1"] for c in controls], "params": controls[0]["params"],
+                                "gmacs": controls[0]["gmacs"], "params_10": teacher["params_10"]}
+            entry["student_minus_teacher"] = [x - t["test_top1"] for x in stages[ROWS[-1]]["test_top1"]]
+            entry["student_minus_control"] = [x - c for x, c in zip(stages[ROWS[-1]]["test_top1"],
+                                                                     entry["control"]["test_top1"])]
+        report["archs"][arch] = entry
     report["minutes"] = (time.perf_counter() - t0) / 60
     md = render(report)
     write_json(root / f"paper_table-{ds.name}.json", report)
@@ -220,9 +276,19 @@ def main(argv=None):
     return 0
 
 
+def teacher_summary(source) -> dict:
+    from m2mdc.teacher import TeacherFile
+
+    if isinstance(source, TeacherFile):
+        return {"source": "file", "file": source.path, "sha256": source.sha256}
+    return {"source": "scratch" if source.weights == "none" else "finetune", "weights": source.weights,
+            "epochs": source.epochs}
+
+
 def render(report: dict) -> str:
+    nc = report.get("num_classes", 100)
     lines = ["| arch | model | paper top-1 | here test top-1 | here val top-1 | paper params | here params "
-             "(100 / 10 cls) | paper GMACs | here GMACs |", "|---|---|---|---|---|---|---|---|---|"]
+             f"({nc} / 10 cls) | paper GMACs | here GMACs |", "|---|---|---|---|---|---|---|---|---|"]
     for arch, r in report["archs"].items():
         paper = PAPER[split_arch(arch)[0]]
         for label in ROWS:
@@ -242,20 +308,19 @@ def render(report: dict) -> str:
             lines.append(f"| {arch} | {label} | {p_top1} | {_mean_std(s['test_top1'])} | {_mean_std(s['val_top1'])} | "
                          f"{p_params} | {s['params'] / 1e6:.2f}M / {s['params_10'] / 1e6:.2f}M | {p_gmacs} | "
                          f"{s['gmacs']:.4f} |")
-    n = len(report["seeds"])
-    notes = {"dataset": report["dataset"], "teacher_epochs": report["teacher_epochs"], "kd_epochs": report["kd_epochs"], "n_seeds": n,
-             "steps": f" of {report['steps_per_epoch']} batches" if report["steps_per_epoch"] else " (full epochs)",
-             "size_note": ("the keep fractions are the 0.05-grid point whose params and GMACs shares of the teacher "
-                           "are closest to the paper's stated reductions: " + "; ".join(
-                               f"{arch} prune {r['fractions']['block_prune.ratio']}, planes "
-                               f"{r['fractions']['planes.keep']}, mid {r['fractions']['mid.keep']} -> params {r['shares']['params_share']:.3f}, GMACs "
-                               f"{r['shares']['gmacs_share']:.3f} of the teacher (paper "
-                               f"{PAPER[split_arch(arch)[0]]['params_share']:.2f}, {PAPER[split_arch(arch)[0]]['gmacs_share']:.2f})"
-                               for arch, r in report["archs"].items()))
-             if report["size"] == "paper" else "the defaults prune 0.5, planes 0.5, mid 0.5 are used"}
+    for arch, r in report["archs"].items():
+        if "control" in r:
+            c = r["control"]
+            lines.append(f"| {arch} | {CONTROL} | | {_mean_std(c['test_top1'])} | {_mean_std(c['val_top1'])} | | "
+                         f"{c['params'] / 1e6:.2f}M / {c['params_10'] / 1e6:.2f}M | | {c['gmacs']:.4f} |")
     lines += ["", f"Here: {report['dataset']}, mean ± sample std over seeds {report['seeds']}; selection on val, "
-              f"test reported. Paper: {SOURCE}.", "", "Differences of setting:", ""]
-    lines += [f"- {d.format(**notes)}" for d in DIFFERENCES]
+              f"test reported. Paper: {SOURCE}."]
+    for arch, r in report["archs"].items():
+        if "student_minus_teacher" in r:
+            lines.append(f"{arch}: final student minus its teacher, test top-1: {_mean_std(r['student_minus_teacher'])} "
+                         f"points (the paper: +2.51); minus the control: {_mean_std(r['student_minus_control'])} points.")
+    lines += ["", "Differences of setting:", ""]
+    lines += [f"- {d}" for d in differences(report)]
     return "\n".join(lines) + "\n"
 
 

@@ -24,8 +24,9 @@ import torch
 from m2mdc.errors import UserError
 from m2mdc.io import stable_hash, write_json
 
-RESULTS = Path(os.environ.get("M2MDC_RESULTS_DIR") or Path(__file__).resolve().parents[1] / "results")  # committed:
-# tables resume from here ($M2MDC_RESULTS_DIR elsewhere, e.g. the tests' temporary folders)
+def results_root() -> Path:
+    """The committed results/ folder tables resume from ($M2MDC_RESULTS_DIR elsewhere: the tests' own)."""
+    return Path(os.environ.get("M2MDC_RESULTS_DIR") or Path(__file__).resolve().parents[1] / "results")
 BUDGETS = {"short": {"epochs": 8, "steps_per_epoch": 40}, "long": {"epochs": 8, "steps_per_epoch": None}}
 # One KD setting for every row of a comparison: the paper's loss (ramped alpha*=beta*=0.1, Adam 1e-4,
 # clip 1.0) plus Hinton's KL term (weight 1, T 4), the strongest repair measured here (shared notes),

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from m2mdc.data import load_dataset  # noqa: E402
-from m2mdc.errors import Parser, cli  # noqa: E402
+from m2mdc.errors import Parser, check_range, cli  # noqa: E402
 from m2mdc.context import prepare_context  # noqa: E402
 from m2mdc.io import write_json  # noqa: E402
 from m2mdc.knobs import setting_config  # noqa: E402
@@ -105,6 +105,15 @@ def main(argv=None):
     p.add_argument("--out-dir", default=None, help="default: a temporary folder")
     p.add_argument("--side", choices=("both", "direct"), default="both", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    for flag in ("n", "kd_epochs", "steps_per_epoch", "teacher_epochs", "threads"):
+        check_range(f"--{flag.replace('_', '-')}", getattr(a, flag), 1, 10 ** 6)
+    from m2mdc.allocate import check_budget
+    from m2mdc.cost import CostModel
+    from m2mdc.data import num_classes_of
+
+    check_budget(CostModel(get_adapter("resnet18"), num_classes_of(a.dataset), 32), a.budget_gmacs)
+    if a.side == "both":
+        load_dataset(a.dataset)  # data missing offline: one line, before anything is written
     out = Path(a.out_dir or tempfile.mkdtemp(prefix="search-overhead-"))
     configs = fixed_configs(a.n)
     space = REPO / "tests" / "data" / "space-lean.yaml"

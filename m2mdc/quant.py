@@ -17,14 +17,18 @@ fake-quant). ``convert`` then drops the features output, so the INT8 model retur
 from __future__ import annotations
 
 import copy
+import logging
 import types
 from typing import Iterable
 
 import torch
 from torch import nn
 from torch.fx import GraphModule
-from torchao.quantization.pt2e import (disable_observer, enable_observer, move_exported_model_to_eval,
-                                       move_exported_model_to_train)
+# torchao registers an Enum with torch's pytree at import; torch logs a deprecation note for it on every
+# run, which would break the one-line error of every CLI that touches INT8 (not ours to fix).
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+from torchao.quantization.pt2e import (disable_observer, enable_observer,  # noqa: E402
+                                       move_exported_model_to_eval, move_exported_model_to_train)
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 # Importing this module also registers torchao's int8 fusion passes with inductor.
 from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (

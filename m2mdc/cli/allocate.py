@@ -21,7 +21,7 @@ from ..knobs import KNOBS
 from ..models import get_adapter
 from ..data import num_classes_of
 from .args import add_data_args, add_teacher_args, teacher_and_data, teacher_from_args
-from .compress import _knob_value
+from .compress import _knob_value, knob_metavar
 
 KNOBS_USED = [k for k in KNOBS.values() if "allocator" in k.recipes]  # what the allocator recipe reads
 
@@ -35,7 +35,7 @@ def build_parser() -> Parser:
                    help="GMAC budget of the student (fvcore count at --resolution), e.g. 0.02")
     for knob in KNOBS_USED:
         g.add_argument(knob.flag, dest=f"knob_{knob.name}", type=_knob_value(knob), default=knob.default,
-                       help=f"{knob.doc} (default {knob.default})")
+                       metavar=knob_metavar(knob), help=f"{knob.doc} (default {knob.default})")
     g.add_argument("--bins", type=int, default=10, help="MI quantile bins (default 10)")
     g.add_argument("--probe-samples", type=int, default=5000, help="probe images for MI scores (default 5000)")
     g.add_argument("--kd-epochs", type=int, default=5, help="KD epochs per repair in the emitted plan (default 5)")

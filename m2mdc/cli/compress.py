@@ -48,6 +48,12 @@ def _knob_value(knob):
     return parse
 
 
+def knob_metavar(knob) -> str:
+    if knob.rule.choices is not None:
+        return "{" + ",".join(str(c).lower() if isinstance(c, bool) else str(c) for c in knob.rule.choices) + "}"
+    return "F" + ("|JSON" if knob.per_stage else "")
+
+
 def build_parser() -> Parser:
     p = Parser(prog="python -m m2mdc.compress", description=__doc__.split("\n\n")[0],
                formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -70,7 +76,7 @@ def build_parser() -> Parser:
     g = p.add_argument_group("knobs (as in a search space; a recipe reads the ones it uses; ignored with --plan)")
     for knob in KNOBS.values():
         g.add_argument(knob.flag, dest=f"knob_{knob.name}", type=_knob_value(knob), default=None,
-                       help=f"{knob.doc} (default {knob.default})")
+                       metavar=knob_metavar(knob), help=f"{knob.doc} (default {knob.default})")
     g.add_argument("--keep-blocks", default=None, help="explicit blocks to keep: JSON {stage: [original block "
                    "indices]} (a keep_cfg's blocks entry; m2mdc recipes; overrides the prune ratio)")
     p.add_argument("--plan", default=None, help="a plan as JSON text or a JSON file (list of steps); overrides "
