@@ -112,14 +112,29 @@ def project_point(point: dict, space, where: str) -> dict:
     return out
 
 
-def seeded_points(space) -> list[dict]:
+def seeded_points(space) -> tuple[dict[str, dict], list[str]]:
     """The baselines a user would otherwise run (m2mdc.compiler.BASELINES), as the search's first
-    trials: at an equal trial budget the front can then never be worse than them on val."""
+    trials: at an equal trial budget the front can then never be worse than them on val. A baseline
+    the space cannot express (a value outside a knob's range or choices, or a knob the space fixes at
+    another value) is not bent into a different configuration: it is skipped, and the reason returned."""
     from m2mdc.compiler import BASELINES
+    from search.tracking import flat_config
 
     if space.mode != "fractions":
-        return []
-    return [project_point(cfg, space, f"seeded baseline {name!r}") for name, cfg in BASELINES.items()]
+        return {}, [f"seeded baselines: none in a {space.mode!r} space (they are fractions configurations)"]
+    points, skipped = {}, []
+    for name, cfg in BASELINES.items():
+        flat = flat_config(cfg)
+        for knob, value in list(flat.items()):  # one value for a knob the space holds per stage
+            if knob not in space.params and any(p.startswith(knob + "/") for p in space.params):
+                del flat[knob]
+                flat.update({p: value for p in space.params if p.startswith(knob + "/")})
+        outside = [f"{k}={v!r}" for k, v in flat.items() if k in space.params and not space.params[k].admits(v)]
+        if outside:
+            skipped.append(f"seeded baseline {name!r} skipped: the space cannot take {', '.join(outside)}")
+            continue
+        points[name] = project_point(cfg, space, f"seeded baseline {name!r}")
+    return points, skipped
 
 
 def gpus_per_trial(device: str, requested: float | None) -> float:
@@ -164,8 +179,18 @@ def main(argv=None):
     from spaces import load_space
 
     space = load_space(a.space or a.arch, arch=a.arch)
-    seeded = seeded_points(space) if a.seed_baselines else []
-    points = seeded + _load_points(a.points, space)
+    seeded, skipped = seeded_points(space) if a.seed_baselines else ({}, [])
+    given = _load_points(a.points, space)
+    if len(given) > num_samples:
+        raise UserError(f"--points holds {len(given)} configurations but --num-samples is {num_samples}; raise "
+                        f"--num-samples to at least {len(given)}")
+    fit = num_samples - len(given)  # a point the trial budget cannot run would wait in the study forever
+    skipped += [f"seeded baseline {n!r} skipped: --num-samples {num_samples} leaves no trial for it"
+                for n in list(seeded)[fit:]]
+    seeded = list(seeded.values())[:fit]
+    for line in skipped:
+        print(line, flush=True)
+    points = seeded + given
     from m2mdc.allocate import check_budget
     from m2mdc.cost import CostModel
     from m2mdc.data import num_classes_of

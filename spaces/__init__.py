@@ -43,6 +43,14 @@ class Param:
     def sampled(self) -> bool:
         return self.low is not None or self.choices is not None
 
+    def admits(self, value) -> bool:
+        """Whether a configuration with this value lies in the space (a fixed knob admits only its value)."""
+        if self.choices is not None:
+            return value in self.choices
+        if self.low is not None:
+            return isinstance(value, (int, float)) and self.low <= value <= self.high
+        return value == self.fixed
+
     def to_tune(self):
         from ray import tune
 

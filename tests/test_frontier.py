@@ -378,3 +378,19 @@ def test_latency_objective_front_and_hypervolume_over_three_objectives(out):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "objectives val_top1, gmacs, latency_ms" in r.stdout
     assert (out / "review" / "latency" / "frontier-latency_ms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seeded_baselines_are_the_baselines_or_skipped_with_the_reason():
+    """A seeded baseline is trained as itself or not at all: a space that cannot express it (a knob
+    outside its choices, a fixed schedule) skips it with a line naming the value."""
+    from m2mdc.compiler import BASELINES
+    from search.frontier import seeded_points
+    from spaces import load_space
+
+    full, skipped = seeded_points(load_space("resnet18", arch="resnet18"))
+    assert list(full) == list(BASELINES) and skipped == []
+    assert full["Torch-Pruning-like global"]["ranking"] == "global"
+    assert full["Torch-Pruning-like global"]["signal"] == "group_l1"
+    lean, skipped = seeded_points(load_space(str(LEAN), arch="resnet18"))
+    assert list(lean) == ["M2M-DC at the budget"] and len(skipped) == 3
+    assert any("signal='group_l1'" in s and "Torch-Pruning-like local" in s for s in skipped)
