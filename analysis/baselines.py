@@ -189,19 +189,14 @@ def main(argv=None):
     from m2mdc.compiler import target_of
     from m2mdc.context import prepare_context
     from m2mdc.device import pick_device
-    from search.tracking import default_uri
+    from search.tracking import open_search_store
 
     root = out_root(a.out_dir)
     client = None
     if a.experiment:
-        from mlflow.tracking import MlflowClient
-
         from analysis.finalize import members
 
-        uri = a.mlflow_uri or default_uri(root)
-        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-            raise UserError(f"no MLflow store at {uri}; pass --mlflow-uri or --out-dir of the search")
-        client = MlflowClient(tracking_uri=uri)
+        client = open_search_store(a.mlflow_uri, root)
         members(client, a.experiment, a.budget_gmacs, a.k)  # a wrong experiment fails before any training
     source, ds = teacher_and_data(a)
     ctx = prepare_context(a.arch, ds, source, pick_device(a.device), a.out_dir)
@@ -253,6 +248,7 @@ def main(argv=None):
            f"KL). Every row trains the same total KD epochs ({budget_text}); a plan with k repairs splits them "
            f"(E // k each, the rest on the last); PQD splits its epochs P/Q/D 20/40/40. Test mean ± sample std over "
            f"seeds; selection (the search's best member) by mean val. Machine: {machine()}.\n")
+    md = f"Command: `{a.command}`\n\n" + md
     write_text(out / "baselines.md", md)
     write_json(out / "baselines.json", {"rows": rows, "latency": latency, "teacher": ctx.teacher_record})
     for f in plots(rows, ctx.teacher_record, latency, a.budget_gmacs, out, budgets):

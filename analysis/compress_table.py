@@ -34,7 +34,7 @@ def rows_of(record: dict) -> list[tuple]:
 
 @cli
 def main(argv=None):
-    p = Parser(prog="analysis/compress_table.py", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python analysis/compress_table.py", description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+", help="result folders written by python -m m2mdc.compress")
     a = p.parse_args(argv)
     records = {}

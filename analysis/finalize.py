@@ -125,19 +125,13 @@ def main(argv=None):
     a = p.parse_args(argv)
     seeds, budgets = parse_seeds(a.seeds), parse_budgets(a.budgets)
     check_range("--k", a.k, 1, 100)
-    from mlflow.tracking import MlflowClient
-
     from m2mdc.compiler import target_of
     from m2mdc.context import prepare_context
     from m2mdc.device import pick_device
-    from search.tracking import check_reachable, default_uri
+    from search.tracking import open_search_store
 
     root = out_root(a.out_dir)
-    uri = a.mlflow_uri or default_uri(root)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise UserError(f"no MLflow store at {uri}; pass --mlflow-uri or --out-dir of the search")
-    check_reachable(uri)
-    client = MlflowClient(tracking_uri=uri)
+    client = open_search_store(a.mlflow_uri, root)
     parent, _ = members(client, a.experiment, a.budget_gmacs or 1e9, a.k)
     budget = a.budget_gmacs or float(parent.data.tags["budget_gmacs"])
     source, ds = teacher_and_data(a)

@@ -268,6 +268,7 @@ def main(argv=None):
                                                                      entry["control"]["test_top1"])]
         report["archs"][arch] = entry
     report["minutes"] = (time.perf_counter() - t0) / 60
+    report["command"] = a.command
     md = render(report)
     write_json(root / f"paper_table-{ds.name}.json", report)
     write_text(root / f"paper_table-{ds.name}.md", md)
@@ -321,6 +322,8 @@ def render(report: dict) -> str:
                          f"points (the paper: +2.51); minus the control: {_mean_std(r['student_minus_control'])} points.")
     lines += ["", "Differences of setting:", ""]
     lines += [f"- {d}" for d in differences(report)]
+    if report.get("command"):
+        lines = [f"Command: `{report['command']}` ({report['minutes']:.0f} min)", "", *lines]
     return "\n".join(lines) + "\n"
 
 

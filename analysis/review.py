@@ -142,16 +142,10 @@ def main(argv=None):
     p.add_argument("--out-dir", default=None)
     p.add_argument("--no-log", action="store_true", help="do not attach the plots to the search's parent run")
     a = p.parse_args(argv)
-    from mlflow.tracking import MlflowClient
-
-    from search.tracking import check_reachable, default_uri
+    from search.tracking import open_search_store
 
     root = out_root(a.out_dir)
-    uri = a.mlflow_uri or default_uri(root)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise UserError(f"no MLflow store at {uri}; pass --mlflow-uri or --out-dir of the search")
-    check_reachable(uri)
-    client = MlflowClient(tracking_uri=uri)
+    client = open_search_store(a.mlflow_uri, root)
     searches = [load_search(client, n) for n in [a.experiment, *a.compare]]
     if len({s.objectives for s in searches}) > 1:
         raise UserError("--compare needs searches with the same objectives (their hypervolumes are not comparable): "
@@ -180,6 +174,7 @@ def main(argv=None):
     files.append(plot_hypervolume(curves, folder / "hypervolume.png", main_search.objectives))
     if len(searches) > 1:
         files.append(plot_compare(searches, folder / "compare.png"))
+    md_parts.insert(0, f"Command: `{a.command}`\n")
     write_text(folder / "pareto.md", "\n".join(md_parts))
     files.append(folder / "pareto.md")
     print("\n".join(md_parts))

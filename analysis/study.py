@@ -24,9 +24,12 @@ import torch
 from m2mdc.errors import UserError
 from m2mdc.io import stable_hash, write_json
 
+
 def results_root() -> Path:
     """The committed results/ folder tables resume from ($M2MDC_RESULTS_DIR elsewhere: the tests' own)."""
     return Path(os.environ.get("M2MDC_RESULTS_DIR") or Path(__file__).resolve().parents[1] / "results")
+
+
 BUDGETS = {"short": {"epochs": 8, "steps_per_epoch": 40}, "long": {"epochs": 8, "steps_per_epoch": None}}
 # One KD setting for every row of a comparison: the paper's loss (ramped alpha*=beta*=0.1, Adam 1e-4,
 # clip 1.0) plus Hinton's KL term (weight 1, T 4), the strongest repair measured here (shared notes),
@@ -148,8 +151,9 @@ def execute(run: Run, ctx, target, budget_gmacs: float, folder: Path, models: Pa
               "kd_settings": kd_settings(record["plan"]),
               "kd_epochs_trained": sum(s["epochs_trained"] for s in record["steps"] if s["step"] == "kd"),
               "epochs_trained": sum(s.get("epochs_trained", 0) for s in record["steps"]),
-              "steps": [s["step"] for s in record["plan"]], "minutes": (time.perf_counter() - t0) / 60,
-              "machine": machine()}
+              "steps": [s["step"] for s in record["plan"]],
+              "step_epochs": [s.get("epochs_trained", 0) for s in record["steps"]],
+              "minutes": (time.perf_counter() - t0) / 60, "machine": machine()}
     if run.method == "torch-pruning":
         result["tp_ratio"] = ratio
     write_json(path, result)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import shlex
 import sys
 
 
@@ -12,6 +13,14 @@ class UserError(Exception):
 
 class Parser(argparse.ArgumentParser):
     """argparse that reports bad arguments on one line (exit 2) instead of usage + error."""
+
+    def parse_args(self, args=None, namespace=None):
+        """The namespace plus ``command``: the command line as typed, which every table a tool writes
+        names beside its figures."""
+        ns = super().parse_args(args, namespace)
+        given = sys.argv[1:] if args is None else [str(x) for x in args]
+        ns.command = f"{self.prog} {shlex.join(given)}".strip()
+        return ns
 
     def error(self, message):  # noqa: D401 - argparse hook
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")

@@ -160,11 +160,11 @@ def run_search(req: SearchRequest) -> int:
     exp_dir.mkdir(parents=True, exist_ok=True)
     status = "FAILED"
     try:
-        params = {k: v for k, v in vars(a).items() if k not in ("resume",)}
+        params = {k: v for k, v in vars(a).items() if k not in ("resume", "command")}  # a resume's line differs
         space = req.space
         parent = tracker.start_parent(name, {**params, "space": space.source, "space_digest": space.digest},
                                       {"budget_gmacs": str(a.budget_gmacs), "arch": a.arch, "dataset": req.ds.name,
-                                       "objectives": ",".join(req.objectives)},
+                                       "objectives": ",".join(req.objectives), "command": a.command[:5000]},
                                       run_id=req.resume_meta and req.resume_meta.get("parent_run_id"))
         if req.resume_meta is None:
             log_search_inputs(tracker, parent, space, teacher)

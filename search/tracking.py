@@ -25,6 +25,18 @@ def default_uri(out_root: Path) -> str:
     return f"sqlite:///{(Path(out_root) / 'mlflow.db').resolve()}"
 
 
+def open_search_store(uri: str | None, out_root: Path):
+    """An MlflowClient on the store a finished search wrote (``uri``, else OUT/mlflow.db): one line,
+    and nothing created, when that store does not exist or cannot be reached."""
+    from mlflow.tracking import MlflowClient
+
+    uri = uri or default_uri(out_root)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise UserError(f"no MLflow store at {uri}; pass --mlflow-uri or --out-dir of the search")
+    check_reachable(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
 def check_reachable(uri: str) -> None:
     """UserError (one line) unless the tracking store at ``uri`` can be used; writes nothing."""
     scheme = urlparse(uri).scheme

@@ -87,6 +87,12 @@ CASES = {
         (["--experiment", "x", "--mlflow-uri", "sqlite:///{offline}/m.db"], "no MLflow store"),
         (["--experiment", "x", "--seeds", "a"], "must be comma-separated integers"),
     ],
+    "analysis.proxy_rank": [
+        (["--experiment", "nope", "--mlflow-uri", "{store}"], "no MLflow experiment named 'nope'"),
+        (["--experiment", "exists-but-empty", "--mlflow-uri", "{store}"], "holds no search run"),
+        (["--experiment", "x", "--mlflow-uri", "sqlite:///{offline}/m.db"], "no MLflow store"),
+        (["--experiment", "x", "--n", "1"], "--n=1 is outside"),
+    ],
     "analysis.deploy_table": [
         ([], "nothing to measure"),
         (["--teacher", "{offline}"], "is not a cached teacher folder"),
@@ -104,6 +110,13 @@ CASES = {
          "search space '/no/such/file.pt.yaml' not found"),
         (["--", "--budget-gmacs", "0.02", *OFFLINE], "could not be downloaded"),
     ],
+    "analysis.pqd_ablation": [
+        (["--orders", "pqd,pqx"], "--orders 'pqd,pqx': each must be one of"),
+        (["--teacher", "{seven}", "--dataset", "digits"], "has a 7-class head"),
+        (["--teacher", "{corrupt}", "--dataset", "digits"], "is corrupt"),
+        (OFFLINE, "could not be downloaded"),
+        (["--seeds", "0,x"], "must be comma-separated integers"),
+    ],
     "analysis.paper_table": [
         (["--archs", "resnet18", "--teacher", "{corrupt}", "--dataset", "digits"], "is corrupt"),
         (["--archs", "resnet18", *OFFLINE], "could not be downloaded"),
@@ -119,7 +132,7 @@ def test_bad_input(module, args, words, files, tmp_path, capfd, monkeypatch):
     monkeypatch.setenv("M2MDC_OUT_DIR", str(out))
     argv = [a.format(**files) for a in args]
     if module not in ("analysis.compress_table", "analysis.deploy_table", "analysis.compare_samplers",
-                      "analysis.review", "analysis.export", "analysis.finalize") and "--out-dir" not in argv:
+                      "analysis.review", "analysis.export", "analysis.finalize", "analysis.proxy_rank") and "--out-dir" not in argv:
         argv += ["--out-dir", str(out)]
     main = importlib.import_module(module).main
     with pytest.raises(SystemExit) as e:

@@ -394,3 +394,28 @@ def test_seeded_baselines_are_the_baselines_or_skipped_with_the_reason():
     lean, skipped = seeded_points(load_space(str(LEAN), arch="resnet18"))
     assert list(lean) == ["M2M-DC at the budget"] and len(skipped) == 3
     assert any("signal='group_l1'" in s and "Torch-Pruning-like local" in s for s in skipped)
+
+
+def test_proxy_rank_retrains_spread_trials_at_both_budgets(out, tmp_path):
+    """analysis/proxy_rank.py: N completed trials of a search, spread over its val ranking, each trained at
+    the short and the long budget (what it trained is read back from the saved runs), tau with an interval."""
+    from scipy.stats import kendalltau
+
+    results = tmp_path / "results"
+    r = subprocess.run([sys.executable, "analysis/proxy_rank.py", "--experiment", "resumable", "--n", "3", "--band",
+                        "1", "--dataset", "digits", "--epochs", "5", "--out-dir", str(out)], cwd=REPO,
+                       capture_output=True, text=True, timeout=900, env={**os.environ, "M2MDC_RESULTS_DIR": str(results)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads((out / "proxy_rank" / "resumable" / "proxy_rank.json").read_text())
+    rows = data["rows"]
+    assert len(rows) == 3 and len({x["trial_id"] for x in rows}) == 3
+    saved = [json.loads(p.read_text()) for p in (results / "finalize" / "resumable").glob("*.json")]
+    assert sorted(s["run"]["budget"] for s in saved) == ["long"] * 3 + ["short"] * 3
+    assert {s["epochs_trained"] for s in saved} == {8}
+    for x in rows:  # the table's vals are the saved runs' vals
+        for b in ("short", "long"):
+            assert x[f"{b}_val"] == next(s["val_top1"] for s in saved if s["run"]["budget"] == b
+                                         and s["row"] == f"search {x['trial_id']}")
+    want = kendalltau([x["short_val"] for x in rows], [x["long_val"] for x in rows]).statistic
+    assert data["tau"] == pytest.approx(want, nan_ok=True)
+    assert "Kendall tau" in (out / "proxy_rank" / "resumable" / "proxy_rank.md").read_text()

@@ -1,0 +1,81 @@
+"""Paste the result tables the analysis commands wrote into README.md, verbatim, between markers.
+
+    python analysis/readme_results.py [--out-dir outputs]
+
+README.md holds `<!-- result: NAME -->` ... `<!-- /result: NAME -->` pairs; each NAME maps to the
+markdown file a command wrote under the output root (SOURCES). Every such file starts with the
+command line that produced it, so the README names the command beside each table without anyone
+retyping a number. A marker whose file is missing keeps its current content and is listed, so a
+table can be completed over several sessions. Plots are copied beside the README under docs/.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from m2mdc.errors import Parser, UserError, cli
+from m2mdc.io import out_root, write_text
+
+REPO = Path(__file__).resolve().parents[1]
+# marker name -> (markdown file under the output root, plots beside it to show)
+SOURCES = {
+    "frontier-resnet18": ("review/frontier-resnet18-cifar100-b0.02-v3/pareto.md", ["frontier.png"]),
+    "baselines-resnet18": ("baselines/resnet18-cifar100-b0.02/baselines.md", ["baselines.png", "baselines-latency.png"]),
+    "proxy-rank": ("proxy_rank/frontier-resnet18-cifar100-b0.02-v3/proxy_rank.md", []),
+    "paper-table": ("paper_table/paper_table-cifar100.md", []),
+    "pqd-ablation": ("pqd_ablation/resnet18-cifar100/pqd_ablation.md", []),
+}
+MARK = re.compile(r"(<!-- result: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /result: (?P=name) -->)", re.S)
+
+
+def paste(readme: str, root: Path, docs: Path) -> tuple[str, list[str], list[str]]:
+    """(new README text, names pasted, names whose source is missing)."""
+    pasted, missing = [], []
+
+    def one(m: re.Match) -> str:
+        name = m["name"]
+        if name not in SOURCES:
+            raise UserError(f"README marker {name!r} has no source; known: {', '.join(SOURCES)}")
+        md_rel, plots = SOURCES[name]
+        md = root / md_rel
+        if not md.exists():
+            missing.append(f"{name} ({md})")
+            return m.group(0)
+        body = md.read_text().rstrip() + "\n"
+        for png in plots:
+            src = md.parent / png
+            if src.exists():
+                dst = docs / f"{name}-{png}"
+                shutil.copyfile(src, dst)
+                body += f"\n![{name} {png}](docs/{dst.name})\n"
+        pasted.append(name)
+        return m.group(1) + body + m.group(4)
+
+    return MARK.sub(one, readme), pasted, missing
+
+
+@cli
+def main(argv=None):
+    p = Parser(prog="python analysis/readme_results.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out-dir", default=None, help="output root the commands wrote to (default: $M2MDC_OUT_DIR "
+                   "or ./outputs)")
+    p.add_argument("--readme", default=str(REPO / "README.md"))
+    a = p.parse_args(argv)
+    readme = Path(a.readme)
+    if not readme.exists():
+        raise UserError(f"{readme} not found; pass --readme PATH")
+    root = out_root(a.out_dir)
+    docs = readme.parent / "docs"
+    docs.mkdir(exist_ok=True)
+    text, pasted, missing = paste(readme.read_text(), root, docs)
+    write_text(readme, text)
+    print(f"pasted: {', '.join(pasted) or 'nothing'}")
+    if missing:
+        print(f"not yet measured (kept as is): {'; '.join(missing)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""analysis/pqd_ablation.py on digits: all six orders at equal epochs actually trained, one table."""
+import json
+
+import pytest
+
+from analysis import pqd_ablation, study
+from m2mdc.presets import PQD_ORDERS
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory):
+    out, results = tmp_path_factory.mktemp("pqd-out"), tmp_path_factory.mktemp("pqd-results")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("M2MDC_RESULTS_DIR", str(results))
+    # the short budget's 8 epochs, of 3 batches instead of 40 (CI time): equal epochs is what is tested
+    mp.setitem(study.BUDGETS, "short", {"epochs": 8, "steps_per_epoch": 3})
+    try:
+        assert pqd_ablation.main(["--dataset", "digits", "--epochs", "5", "--seeds", "0", "--no-long",
+                                  "--out-dir", str(out)]) == 0
+    finally:
+        mp.undo()
+    return out, results
+
+
+def test_six_orders_each_trained_as_its_order_for_equal_epochs(ablation):
+    out, results = ablation
+    data = json.loads((out / "pqd_ablation" / "resnet18-digits" / "pqd_ablation.json").read_text())
+    short = data["short"]
+    assert sorted(r["order"] for r in short) == sorted(PQD_ORDERS)
+    for r in short:  # the plan each order ran, read back from what it trained: its stages in its order
+        stages = [{"sparsity": "p", "qat": "q", "kd": "d"}[s] for s in r["steps"] if s in ("sparsity", "qat", "kd")]
+        assert "".join(stages) == r["order"], r["steps"]
+        assert r["seeds"] == [0] and r["int8"] is True
+    assert len({r["epochs_trained"] for r in short}) == 1 and short[0]["epochs_trained"] == 8
+    saved = [json.loads(p.read_text()) for p in (results / "pqd_ablation" / "resnet18-digits").glob("*.json")]
+    assert {s["kd_settings"]["steps_per_epoch"] for s in saved} == {3}
+    assert {s["epochs_trained"] for s in saved} == {8}
+    assert len(list((results / "pqd_ablation" / "resnet18-digits").glob("*.json"))) == 6
+    md = (out / "pqd_ablation" / "resnet18-digits" / "pqd_ablation.md").read_text()
+    assert "Short-budget verdict" in md and md.count("| P -> ") + md.count("| Q -> ") + md.count("| D -> ") == 6
+    assert data["deploy"]["size_bytes"] and data["deploy"]["backend"] in ("inductor", "eager-fallback")
+
+
+def test_verdict_needs_a_margin_over_twice_the_seed_spread():
+    rows = [{"label": "A", "test_mean": 50.0, "test_std": 0.5, "seeds": [0, 1, 2]},
+            {"label": "B", "test_mean": 49.5, "test_std": 0.4, "seeds": [0, 1, 2]}]
+    assert pqd_ablation.verdict(rows).startswith("no winner")
+    rows[0]["test_mean"] = 52.0
+    assert pqd_ablation.verdict(rows).startswith("A wins")
+    assert "no winner declared" in pqd_ablation.verdict([{**r, "seeds": [0]} for r in rows])
