@@ -25,7 +25,7 @@ demo-compress: $(STAMP)
 	$(PY) -m m2mdc.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=40 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/data_pipeline.py

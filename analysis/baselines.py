@@ -194,10 +194,11 @@ def main(argv=None):
     root = out_root(a.out_dir)
     client = None
     if a.experiment:
-        from analysis.finalize import members
+        from analysis.finalize import check_search_setting, members
 
         client = open_search_store(a.mlflow_uri, root)
-        members(client, a.experiment, a.budget_gmacs, a.k)  # a wrong experiment fails before any training
+        parent, _ = members(client, a.experiment, a.budget_gmacs, a.k)  # a wrong experiment fails before training
+        check_search_setting(parent, a, a.experiment)
     source, ds = teacher_and_data(a)
     ctx = prepare_context(a.arch, ds, source, pick_device(a.device), a.out_dir)
     target = target_of(ctx)

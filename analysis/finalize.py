@@ -62,6 +62,44 @@ def members(client, experiment: str, budget: float, k: int) -> tuple[object, lis
     return parent, sorted(front, key=lambda r: budget - r.data.metrics["gmacs"])[:k]
 
 
+SEARCH_DATA_FLAGS = ("dataset", "data_dir", "resolution", "val_size", "split_seed", "mean", "std")
+
+
+def check_search_setting(parent, a, experiment: str) -> None:
+    """Members re-trained from another teacher or on other data would not be the search's members:
+    the teacher and data flags must name what the search ran with (its parent run's params). Checked
+    before any teacher is trained or loaded."""
+    import copy
+    from types import SimpleNamespace
+
+    from m2mdc.cli.args import teacher_from_args
+
+    params = parent.data.params
+    if "dataset" not in params:
+        return  # not written by search/frontier.py: members() has already refused it
+    def typed(k):
+        v = params.get(k, "None")
+        return None if v == "None" else _typed(v) if k not in ("teacher", "weights", "arch", "stem") else v
+    theirs = SimpleNamespace(**{k: typed(k) for k in ("arch", "stem", "teacher", "weights", "epochs", "lr", "seed",
+                                                      "batch_size")})
+    theirs.epochs = None if theirs.epochs is None else int(theirs.epochs)
+    theirs.batch_size, theirs.seed = int(theirs.batch_size or 128), int(theirs.seed or 0)
+    mine = copy.copy(a)
+    differ = []
+    if teacher_from_args(mine) != teacher_from_args(theirs) or mine.arch != theirs.arch:
+        recipe = teacher_from_args(copy.copy(theirs))
+        differ.append(f"the teacher --arch {theirs.arch} " + (
+            f"--teacher {theirs.teacher}" if theirs.teacher else
+            f"--weights {recipe.weights} --epochs {recipe.epochs} --seed {recipe.seed} --batch-size {recipe.batch_size}"
+            + (f" --lr {recipe.lr:g}" if recipe.lr is not None else "")))
+    for k in SEARCH_DATA_FLAGS:
+        if k in params and params[k] != str(getattr(a, k)):
+            differ.append(f"--{k.replace('_', '-')} {params[k]} (here {getattr(a, k)})")
+    if differ:
+        raise UserError(f"search {experiment!r} ran with {'; '.join(differ)}: pass the same teacher and data flags, "
+                        f"so its members are re-trained from its teacher on its data")
+
+
 def log_finalized(client, parent, member, result: dict) -> None:
     """One MLflow child run of the search's parent per finalized (member, budget, seed)."""
     from mlflow.entities import Metric, Param
@@ -134,6 +172,7 @@ def main(argv=None):
     client = open_search_store(a.mlflow_uri, root)
     parent, _ = members(client, a.experiment, a.budget_gmacs or 1e9, a.k)
     budget = a.budget_gmacs or float(parent.data.tags["budget_gmacs"])
+    check_search_setting(parent, a, a.experiment)
     source, ds = teacher_and_data(a)
     ctx = prepare_context(a.arch, ds, source, pick_device(a.device), a.out_dir)
     summaries = finalize(client, a.experiment, ctx, target_of(ctx), budget, a.k, seeds, budgets, a.kd == "tuned",

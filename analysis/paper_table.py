@@ -172,7 +172,7 @@ def run_seed(ctx, plan: list[dict], root: Path, name: str, results: Path, adapte
     if record is None:
         model, record = run_plan(plan, ctx)
         save_result(model, record, root / name)
-    out = {"plan": record["plan"], "teacher_sha256": sha, "keep_cfg": record["keep_cfg"],
+    out = {"plan": record["plan"], "teacher_sha256": sha, "keep_cfg": record["keep_cfg"], "seconds": record.get("seconds"),
            "stages": stage_rows(record, adapter) if record["plan"][0]["step"] != "kd" or len(record["plan"]) > 1
            else {CONTROL: {k: record[k] for k in ("val_top1", "test_top1", "params", "gmacs")}}}
     write_json(small, out)
@@ -234,13 +234,15 @@ def main(argv=None):
               f"mid keep {fractions['mid.keep']}" + (f" (params {shares['params_share']:.3f}, GMACs "
                                                      f"{shares['gmacs_share']:.3f} of the teacher)" if shares else ""),
               flush=True)
-        per_seed, controls = [], []
+        per_seed, controls, seconds = [], [], []
         for seed in seeds:
             training = {"epochs": a.kd_epochs, "steps_per_epoch": a.steps_per_epoch or None, "seed": seed}
             plan = compile_config(_m2mdc_config(fractions), target, recipe="m2mdc", training=training).plan
             name = f"{arch}-{ds.name}-seed{seed}-{stable_hash({'plan': plan, 'recipe': repr(source)}, 8)}"
             print(f"[paper] {arch} seed {seed} -> {root / name}", flush=True)
-            per_seed.append(run_seed(ctx, plan, root, name, results, adapter)["stages"])
+            got = run_seed(ctx, plan, root, name, results, adapter)
+            per_seed.append(got["stages"])
+            seconds.append(got.get("seconds"))
             if PAPER[split_arch(arch)[0]].get("above_teacher"):  # the control: extra training, no compression
                 epochs = sum(st["epochs"] for st in plan if st["step"] == "kd")
                 control = compile_config({}, target, recipe="m2mdc", training={**training, "epochs": epochs}).plan
@@ -258,7 +260,9 @@ def main(argv=None):
                 stages[label] = {"val_top1": [g["val_top1"] for g in got], "test_top1": [g["test_top1"] for g in got],
                                  "params": got[0]["params"], "gmacs": got[0]["gmacs"],
                                  "params_10": got[0]["params_10"]}
-        entry = {"fractions": fractions, "shares": shares, "stages": stages}
+        entry = {"fractions": fractions, "shares": shares, "stages": stages,
+                 "teacher_train_minutes": (t.get("train_seconds") or 0) / 60 or None,
+                 "seed_train_minutes": [x / 60 if x else None for x in seconds]}
         if controls:
             entry["control"] = {"val_top1": [c["val_top1"] for c in controls],
                                 "test_top1": [c["test_top1"] for c in controls], "params": controls[0]["params"],
@@ -266,15 +270,33 @@ def main(argv=None):
             entry["student_minus_teacher"] = [x - t["test_top1"] for x in stages[ROWS[-1]]["test_top1"]]
             entry["student_minus_control"] = [x - c for x, c in zip(stages[ROWS[-1]]["test_top1"],
                                                                      entry["control"]["test_top1"])]
+        entry["command"] = a.command
         report["archs"][arch] = entry
     report["minutes"] = (time.perf_counter() - t0) / 60
     report["command"] = a.command
+    report = merged_with_earlier(report, root / f"paper_table-{ds.name}.json")
     md = render(report)
     write_json(root / f"paper_table-{ds.name}.json", report)
     write_text(root / f"paper_table-{ds.name}.md", md)
     print(md)
     print(f"-> {root / f'paper_table-{ds.name}.md'}")
     return 0
+
+
+SETTINGS = ("source", "dataset", "num_classes", "resolution", "seeds", "kd_epochs", "steps_per_epoch", "teacher", "size")
+
+
+def merged_with_earlier(report: dict, path: Path) -> dict:
+    """One table per dataset, completed over several calls: architectures an earlier call measured
+    under the same settings stay in it (each row keeps the command that made it)."""
+    if not path.exists():
+        return report
+    earlier = json.loads(path.read_text())
+    if any(earlier.get(k) != report.get(k) for k in SETTINGS):
+        print(f"[paper] {path.name} was made with other settings: replaced, not merged", flush=True)
+        return report
+    kept = {arch: e for arch, e in earlier["archs"].items() if arch not in report["archs"]}
+    return {**report, "archs": {**kept, **report["archs"]}}
 
 
 def teacher_summary(source) -> dict:
@@ -284,6 +306,10 @@ def teacher_summary(source) -> dict:
         return {"source": "file", "file": source.path, "sha256": source.sha256}
     return {"source": "scratch" if source.weights == "none" else "finetune", "weights": source.weights,
             "epochs": source.epochs}
+
+
+def _minutes(m) -> str:
+    return f"{m:.0f} min" if m else "n/a (a user-supplied or older cached teacher)"
 
 
 def render(report: dict) -> str:
@@ -323,7 +349,14 @@ def render(report: dict) -> str:
     lines += ["", "Differences of setting:", ""]
     lines += [f"- {d}" for d in differences(report)]
     if report.get("command"):
-        lines = [f"Command: `{report['command']}` ({report['minutes']:.0f} min)", "", *lines]
+        head = []
+        for arch, r in report["archs"].items():
+            head.append(f"Command ({arch}): `{r.get('command', report['command'])}`")
+            runs = [m for m in r.get("seed_train_minutes", []) if m]
+            head.append(f"Wall time, {arch}: teacher {_minutes(r.get('teacher_train_minutes'))} of training; "
+                        f"each seed's compression run {', '.join(f'{m:.0f}' for m in runs) or 'n/a'} min (wall clock on a "
+                        f"shared machine: other jobs may have run alongside).")
+        lines = [*head, "", *lines]
     return "\n".join(lines) + "\n"
 
 

@@ -86,10 +86,11 @@ def main(argv=None):
 
     root = out_root(a.out_dir)
     client = open_search_store(a.mlflow_uri, root)
-    from analysis.finalize import members
+    from analysis.finalize import check_search_setting, members
 
     parent, _ = members(client, a.experiment, a.budget_gmacs or 1e9, 1)
     budget = a.budget_gmacs or float(parent.data.tags["budget_gmacs"])
+    check_search_setting(parent, a, a.experiment)
     _, pool = candidates(client, a.experiment, budget, a.band)
     if len(pool) < 3:
         raise UserError(f"search {a.experiment!r} has {len(pool)} completed trial(s) within {a.band:.0%} of "

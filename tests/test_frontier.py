@@ -295,6 +295,17 @@ def test_export_a_pareto_member_to_onnx(out):
     assert np.abs(sess.run(None, {sess.get_inputs()[0].name: x})[0] - ref).max() <= 1e-4
 
 
+def test_finalize_refuses_another_teacher_than_the_searchs(out, tmp_path):
+    """Re-training a search's members from another teacher (or on other data) is refused before anything
+    is trained: one line naming the search's own flags, exit 2, nothing written."""
+    r = subprocess.run([sys.executable, "analysis/finalize.py", "--experiment", "failing", "--k", "1", "--seeds", "0",
+                        "--dataset", "digits", "--epochs", "3", "--out-dir", str(out)], cwd=REPO, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "M2MDC_RESULTS_DIR": str(tmp_path / "results")})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "--epochs 5" in lines[0], r.stderr
+    assert not (tmp_path / "results").exists() and not (out / "finalize" / "failing").exists()
+
+
 def test_finalize_logs_finalized_children_under_the_parent(out, tmp_path):
     results = tmp_path / "results"
     r = subprocess.run([sys.executable, "analysis/finalize.py", "--experiment", "failing", "--k", "1", "--seeds", "0",

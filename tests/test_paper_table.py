@@ -74,3 +74,21 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, words):
                         *args], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "paper_table").exists()
+
+
+def test_a_later_call_for_another_arch_completes_the_same_table(report, tmp_path):
+    """One table per dataset over several calls: an earlier architecture stays, with its own command."""
+    out, rep = report
+    path = out / "paper_table" / "paper_table-digits.json"
+    fake = {**rep, "archs": {"resnet34": {**rep["archs"]["resnet18"], "command": "python analysis/paper_table.py "
+                                          "--archs resnet34"}}}
+    merged = paper_table.merged_with_earlier({**rep, "archs": {"resnet18": rep["archs"]["resnet18"]}}, path)
+    assert list(merged["archs"]) == ["resnet18"]
+    path2 = tmp_path / "paper_table-digits.json"
+    path2.write_text(json.dumps(fake))
+    merged = paper_table.merged_with_earlier(rep, path2)
+    assert set(merged["archs"]) == {"resnet18", "resnet34"}
+    assert "Command (resnet34): `python analysis/paper_table.py --archs resnet34`" in paper_table.render(merged)
+    other = {**fake, "seeds": [7]}  # other settings: not merged
+    path2.write_text(json.dumps(other))
+    assert set(paper_table.merged_with_earlier(rep, path2)["archs"]) == {"resnet18"}

@@ -24,7 +24,8 @@ SHRINK = {"--dataset": "digits", "--data-dir": None, "--resolution": None, "--ar
           "--out-dir": "{out}"}
 # what a tool needs added to stay small (only when the README does not set the flag itself)
 EXTRA = {"m2mdc.compress": ["--dataset", "digits", "--kd-epochs", "1", "--steps-per-epoch", "2", "--teacher-epochs", "2"],
-         "m2mdc.teacher": ["--epochs", "2"], "m2mdc.allocate": ["--dataset", "digits", "--teacher-epochs", "2"],
+         "analysis/finalize.py": ["--dataset", "digits", "--epochs", "5"],  # the smoke search's teacher
+         "m2mdc.teacher": ["--epochs", "2"], "m2mdc.allocate": ["--dataset", "digits", "--epochs", "2"],
          "search/frontier.py": ["--dataset", "digits", "--profile", "smoke", "--num-samples", "2"],
          "benchmarks/data_pipeline.py": ["--batches", "3", "--repeats", "1"],
          "benchmarks/kd_epoch.py": ["--batches", "3", "--repeats", "1"], "benchmarks/mi_scoring.py": ["--repeats", "1"],
@@ -87,7 +88,7 @@ def shrink(cmd: str, fixtures: dict) -> list[str]:
     extra = EXTRA.get(tool, [])
     for j in range(0, len(extra), 2):
         if extra[j] not in out and not (own_model and extra[j] == "--dataset"):
-            if tool == "m2mdc.compress" and extra[j] == "--teacher-epochs" and "--teacher" in out:
+            if extra[j] in ("--epochs", "--teacher-epochs") and "--teacher" in out:  # a given teacher never trains
                 continue
             value = extra[j + 1]
             out += [extra[j], fixtures[value[1:-1]] if value.startswith("{") else value]
