@@ -55,7 +55,7 @@ def summarise(results: list[dict], orders, budget: str) -> list[dict]:
         if not rs:
             continue
         tests = [r["test_top1"] for r in rs]
-        rows.append({"order": o, "label": order_label(o), "budget": budget, "seeds": sorted(r["run"]["seed"] for r in rs),
+        rows.append({"recipe": o, "label": order_label(o), "budget": budget, "seeds": sorted(r["run"]["seed"] for r in rs),
                      "val_mean": statistics.mean(r["val_top1"] for r in rs), "test_mean": statistics.mean(tests),
                      "test_std": statistics.stdev(tests) if len(tests) > 1 else 0.0, "test": mean_std(tests),
                      "epochs_trained": rs[0]["epochs_trained"],
@@ -83,9 +83,9 @@ def verdict(rows: list[dict]) -> str:
 def table(short: list[dict], long: list[dict]) -> str:
     lines = ["| order | steps | test top-1 (short) | val top-1 (short) | test top-1 (long) | val top-1 (long) | "
              "epochs trained | seeds |", "|---|---|---|---|---|---|---|---|"]
-    longs = {r["order"]: r for r in long}
+    longs = {r["recipe"]: r for r in long}
     for r in sorted(short, key=lambda r: -r["val_mean"]):
-        lg = longs.get(r["order"])
+        lg = longs.get(r["recipe"])
         steps = " ".join(f"{s}({e})" if e else s for s, e in zip(r["steps"], r["step_epochs"] or [0] * len(r["steps"])))
         long_cells = [lg["test"], f"{lg['val_mean']:.2f}"] if lg else ["–", "–"]
         lines.append("| " + " | ".join([r["label"], steps, r["test"], f"{r['val_mean']:.2f}", *long_cells,
@@ -141,7 +141,7 @@ def main(argv=None):
         results.append(execute(run, ctx, target, None, folder, models))
     short = summarise(results, orders, "short")
     long_orders = [] if a.no_long else list(dict.fromkeys(
-        [o for o in ("pqd",) if o in orders] + [max(short, key=lambda r: r["val_mean"])["order"]]))
+        [o for o in ("pqd",) if o in orders] + [max(short, key=lambda r: r["val_mean"])["recipe"]]))
     for run in ablation_runs(long_orders, "long", seeds):
         print(f"[pqd-ablation] {run.row}: long budget, seed {run.seed}", flush=True)
         results.append(execute(run, ctx, target, None, folder, models))

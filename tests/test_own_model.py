@@ -1,7 +1,8 @@
 """Compress the user's own model on the user's own data: an image folder written here as PNG files
 (from the digits data; one grayscale, one RGBA), a checkpoint trained by a plain PyTorch loop
 written here (not the project's teacher code), saved as a bare state_dict and as a DataParallel
-checkpoint dict; compress and a smoke search run on them; bad input is one line, exit 2, nothing written."""
+checkpoint dict; compress runs on them (the README's own-model commands, a smoke search on this folder
+and checkpoint included, run in test_readme_examples.py); bad input is one line, exit 2, nothing written."""
 import json
 import subprocess
 import sys
@@ -136,24 +137,6 @@ def test_without_val_or_test_split(data, checkpoints, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "test numbers unavailable" in r.stderr and "test top-1 n/a" in r.stdout
     assert json.loads((out / "compress" / "notest" / "record.json").read_text())["test_top1"] is None
-
-
-def test_smoke_search_on_the_users_folder_and_checkpoint(data, checkpoints, tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    out = tmp_path / "out"
-    r = run("search/frontier.py", "--budget-gmacs", "0.02", "--profile", "smoke", "--dataset", "folder", "--data-dir",
-            str(data["full"]), "--teacher", str(checkpoints["ddp"]), "--space", str(REPO / "tests/data/space-lean.yaml"),
-            "--num-samples", "2", "--cpus-per-trial", "1", "--name", "mine", out=out, timeout=1200)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("mine")
-    runs = client.search_runs([exp.experiment_id])
-    parent = next(x for x in runs if x.data.tags.get("role") == "search")
-    val_x, val_y = read_folder(data["full"] / "val")
-    assert parent.data.metrics["teacher_val_top1"] == pytest.approx(plain_accuracy(checkpoints["model"], val_x, val_y))
-    trials = [x for x in runs if x.data.tags.get("role") == "trial"]
-    assert len(trials) == 2 and all(t.data.tags["device"] == "cpu" for t in trials if t.data.tags["status"] == "completed")
 
 
 def _bad_checkpoints(root: Path, checkpoints) -> dict:

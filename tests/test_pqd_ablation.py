@@ -26,10 +26,10 @@ def test_six_orders_each_trained_as_its_order_for_equal_epochs(ablation):
     out, results = ablation
     data = json.loads((out / "pqd_ablation" / "resnet18-digits" / "pqd_ablation.json").read_text())
     short = data["short"]
-    assert sorted(r["order"] for r in short) == sorted(PQD_ORDERS)
+    assert sorted(r["recipe"] for r in short) == sorted(PQD_ORDERS)
     for r in short:  # the plan each order ran, read back from what it trained: its stages in its order
         stages = [{"sparsity": "p", "qat": "q", "kd": "d"}[s] for s in r["steps"] if s in ("sparsity", "qat", "kd")]
-        assert "".join(stages) == r["order"], r["steps"]
+        assert "".join(stages) == r["recipe"], r["steps"]
         assert r["seeds"] == [0] and r["int8"] is True
     assert len({r["epochs_trained"] for r in short}) == 1 and short[0]["epochs_trained"] == 8
     saved = [json.loads(p.read_text()) for p in (results / "pqd_ablation" / "resnet18-digits").glob("*.json")]

@@ -117,7 +117,7 @@ def pareto_run_id(out: Path, experiment: str) -> str:
     return runs[0].info.run_id
 
 
-def test_every_readme_command_runs_shrunk(fixtures, tmp_path):
+def test_every_readme_command_runs_shrunk(fixtures, checkpoints, tmp_path):  # noqa: F811
     out = tmp_path / "out"
     fixtures["out"] = str(out)
     fixtures["readme"] = str(tmp_path / "README.md")
@@ -150,6 +150,19 @@ def test_every_readme_command_runs_shrunk(fixtures, tmp_path):
     assert {"m2mdc.teacher", "m2mdc.compress", "m2mdc.allocate", "search/frontier.py", "analysis/review.py",
             "analysis/export.py", "analysis/finalize.py", "analysis/compare_samplers.py", "benchmarks/latency.py",
             "benchmarks/search_overhead.py"} <= tools, tools
+    # the own-model search ran on the user's folder with the user's checkpoint: its recorded teacher
+    # accuracy is an independent evaluation of that checkpoint, and its trials trained on the CPU
+    import mlflow
+
+    from tests.test_own_model import plain_accuracy, read_folder
+
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("mine").experiment_id])
+    parent = next(x for x in runs if x.data.tags.get("role") == "search")
+    val_x, val_y = read_folder(Path(fixtures["folder"]) / "val")
+    assert parent.data.metrics["teacher_val_top1"] == pytest.approx(plain_accuracy(checkpoints["model"], val_x, val_y))
+    trials = [x for x in runs if x.data.tags.get("role") == "trial"]
+    assert len(trials) == 2 and all(t.data.tags["device"] == "cpu" for t in trials if t.data.tags["status"] == "completed")
     # the README's first compress command ran with deployment numbers on (the crash it once had)
     records = [json.loads(p.read_text()) for p in (out / "compress").glob("*/record.json")]
     assert any(r.get("deploy", {}).get("latency") for r in records), [list(r) for r in records]
