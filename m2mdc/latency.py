@@ -62,21 +62,30 @@ class CompiledForCPU:
     So every call sets ``freezing`` (a plain attribute write, ~4x cheaper than ``config.patch``);
     ``torch.compile(options={"freezing": True})`` is no alternative: it fails on PT2E int8 graphs.
     Weights are frozen in: compile again after changing them.
+
+    Dynamo keys compiled code by the *code object* (e.g. torchvision's ``ResNet.forward``, shared by
+    every ResNet in the process) and, past ``recompile_limit`` (8) versions, silently runs it eagerly:
+    timing nine models at two batch sizes in one process measured the last ones in eager mode while
+    reporting "inductor". So each build starts from a reset dynamo, and every call runs with
+    ``fail_on_recompile_limit_hit``: a fallback can never pass for a compiled time.
     """
 
     def __init__(self, model: nn.Module):
         self.model = model
+        torch._dynamo.reset()  # a fresh recompile budget per model (see above)
         self._compiled: Callable = torch.compile(model, backend="inductor", dynamic=False)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        config = torch._inductor.config
-        was = config.freezing
+        config, dynamo = torch._inductor.config, torch._dynamo.config
+        was, strict = config.freezing, dynamo.fail_on_recompile_limit_hit
         config.freezing = True
+        dynamo.fail_on_recompile_limit_hit = True
         try:
             return self._compiled(x)
         finally:
             config.freezing = was
+            dynamo.fail_on_recompile_limit_hit = strict
 
 
 def compile_for_cpu(model: nn.Module, example: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:

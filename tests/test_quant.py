@@ -232,3 +232,17 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
         fn, backend = compile_for_cpu(model, torch.randn(1, 3, 8, 8))
     assert fn is model and backend == "eager-fallback"
     assert any("no C++ compiler" in str(w.message) for w in caught)
+
+
+def test_many_models_in_one_process_each_run_compiled():
+    """Dynamo keys compiled code by the forward's code object, shared by every instance of a class;
+    past its recompile limit (8) it silently runs eagerly. Five models at two batch sizes (ten
+    versions) are timed compiled, each one: a fallback would raise (fail_on_recompile_limit_hit)."""
+    from m2mdc.latency import time_forward
+
+    for i in range(5):
+        model = nn.Sequential(nn.Conv2d(3, 4 + i, 3), nn.ReLU()).eval()
+        fn, backend = compile_for_cpu(model, torch.randn(1, 3, 8, 8))
+        assert backend == "inductor"
+        for batch in (1, 4):
+            time_forward(fn, resolution=8, batch=batch, warmup=1, repeats=2)
