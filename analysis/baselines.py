@@ -148,17 +148,20 @@ def plots(rows: dict[str, list[dict]], teacher: dict, latency: dict, budget: flo
     from search.pareto import figure
 
     out = []
-    for x, label in (("gmacs", "GMACs (fvcore, 1 image)"), ("bs1_ms", "batch-1 latency (ms, as shipped)")):
-        path = folder / ("baselines.png" if x == "gmacs" else "baselines-latency.png")
+    files = {"gmacs": "baselines.png", "bs1_ms": "baselines-latency.png", "bs64_images_per_s": "baselines-throughput.png"}
+    for x, label in (("gmacs", "GMACs (fvcore, 1 image)"), ("bs1_ms", "batch-1 latency (ms, as shipped)"),
+                     ("bs64_images_per_s", "batch-64 throughput (images/s, as shipped)")):
+        path = folder / files[x]
         b = budgets[-1]
-        with figure(path, label, f"test top-1 (%), {b} budget, mean over seeds", f"baselines at {budget:g} GMACs") as ax:
+        with figure(path, label, f"test top-1 (%), {b} budget, mean over seeds", f"baselines at {budget:g} GMACs",
+                    legend_outside=True) as ax:
             for i, (name, results) in enumerate(rows.items()):
                 rs = [r for r in results if r["run"]["budget"] == b] or results
-                xv = rs[0]["gmacs"] if x == "gmacs" else latency.get(name, {}).get("bs1_ms")
+                xv = rs[0]["gmacs"] if x == "gmacs" else latency.get(name, {}).get(x)
                 if xv is None:
                     continue
                 ax.scatter([xv], [statistics.mean(r["test_top1"] for r in rs)], c=f"C{i}", s=50, label=name)
-            tx = teacher["gmacs"] if x == "gmacs" else latency.get("teacher", {}).get("bs1_ms")
+            tx = teacher["gmacs"] if x == "gmacs" else latency.get("teacher", {}).get(x)
             if tx is not None:
                 ax.scatter([tx], [teacher["test_top1"]], marker="*", s=160, c="black", label="teacher")
             if x == "gmacs":

@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 # marker name -> (markdown file under the output root, plots beside it to show)
 SOURCES = {
     "frontier-resnet18": ("review/frontier-resnet18-cifar100-b0.02-v3/pareto.md", ["frontier.png"]),
-    "baselines-resnet18": ("baselines/resnet18-cifar100-b0.02/baselines.md", ["baselines.png", "baselines-latency.png"]),
+    "baselines-resnet18": ("baselines/resnet18-cifar100-b0.02/baselines.md", ["baselines.png", "baselines-latency.png",
+                                                                        "baselines-throughput.png"]),
     "proxy-rank": ("proxy_rank/frontier-resnet18-cifar100-b0.02-v3/proxy_rank.md", []),
     "paper-table": ("paper_table/paper_table-cifar100.md", []),
     "pqd-ablation": ("pqd_ablation/resnet18-cifar100/pqd_ablation.md", []),

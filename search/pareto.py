@@ -71,21 +71,26 @@ def hypervolume(rows: list[dict], objectives: Sequence[str], refs: dict[str, flo
 
 
 @contextmanager
-def figure(path: Path, xlabel: str, ylabel: str, title: str = "", height: float = 4.4) -> Iterator:
-    """Axes for one PNG plot (headless), written to ``path`` with grid and legend on exit."""
+def figure(path: Path, xlabel: str, ylabel: str, title: str = "", height: float = 4.4,
+           legend_outside: bool = False) -> Iterator:
+    """Axes for one PNG plot (headless), written to ``path`` with grid and legend on exit (beside the
+    axes with ``legend_outside``, for many long labels that would hide points)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, height), dpi=120)
+    fig, ax = plt.subplots(figsize=(10.5 if legend_outside else 6.4, height), dpi=120)
     try:
         yield ax
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        if legend_outside:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+        else:
+            ax.legend(fontsize=7, loc="lower right")
         fig.tight_layout()
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path)

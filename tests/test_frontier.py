@@ -353,7 +353,7 @@ def test_baselines_train_every_row_with_the_same_settings(out, tmp_path):
     trial = next(c for c in children if c.data.tags["trial_id"] == tid)
     assert tuned[0]["kd_settings"]["lr"] == pytest.approx(float(trial.data.params["kd_lr"]))  # its own sampled lr
     assert all(lat["backend"] in ("inductor", "eager-fallback") for lat in data["latency"].values())
-    for png in ("baselines.png", "baselines-latency.png"):
+    for png in ("baselines.png", "baselines-latency.png", "baselines-throughput.png"):
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in results.glob("baselines/*")) == ["resnet18-digits-b0.02"]
 
