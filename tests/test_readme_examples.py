@@ -26,7 +26,7 @@ SHRINK = {"--dataset": "digits", "--data-dir": None, "--resolution": None, "--ar
 EXTRA = {"m2mdc.compress": ["--dataset", "digits", "--kd-epochs", "1", "--steps-per-epoch", "2", "--teacher-epochs", "2"],
          "analysis/finalize.py": ["--dataset", "digits", "--epochs", "5"],  # the smoke search's teacher
          "m2mdc.teacher": ["--epochs", "2"], "m2mdc.allocate": ["--dataset", "digits", "--epochs", "2"],
-         "search/frontier.py": ["--dataset", "digits", "--profile", "smoke", "--num-samples", "2"],
+         "search/frontier.py": ["--dataset", "digits", "--profile", "smoke", "--num-samples", "1"],
          "benchmarks/data_pipeline.py": ["--batches", "3", "--repeats", "1"],
          "benchmarks/kd_epoch.py": ["--batches", "3", "--repeats", "1"], "benchmarks/mi_scoring.py": ["--repeats", "1"],
          "benchmarks/latency.py": ["--rounds", "1", "--repeats", "3", "--int8", "qat"],
@@ -162,7 +162,7 @@ def test_every_readme_command_runs_shrunk(fixtures, checkpoints, tmp_path):  # n
     val_x, val_y = read_folder(Path(fixtures["folder"]) / "val")
     assert parent.data.metrics["teacher_val_top1"] == pytest.approx(plain_accuracy(checkpoints["model"], val_x, val_y))
     trials = [x for x in runs if x.data.tags.get("role") == "trial"]
-    assert len(trials) == 2 and all(t.data.tags["device"] == "cpu" for t in trials if t.data.tags["status"] == "completed")
+    assert len(trials) == 1 and trials[0].data.tags["status"] == "completed" and trials[0].data.tags["device"] == "cpu"
     # the README's first compress command ran with deployment numbers on (the crash it once had)
     records = [json.loads(p.read_text()) for p in (out / "compress").glob("*/record.json")]
     assert any(r.get("deploy", {}).get("latency") for r in records), [list(r) for r in records]
