@@ -85,14 +85,16 @@ def torch_pruning_student(teacher, adapter, budget: float, resolution: int, glob
     return student, keep, hi
 
 
-def baseline_runs(budget: str, seed: int) -> list[Run]:
+def baseline_runs(budget: str, seed: int, int8_seeds: list[int] | None = None) -> list[Run]:
+    """The rows of one (budget, seed); the INT8 latency rows (full-width PQD, Torch-Pruning + QAT) only
+    at the short budget and, when ``int8_seeds`` is given, only at those seeds."""
     from m2mdc.compiler import BASELINES
 
     runs = [Run("uniform width (|BN gamma|, one repair)", "config", budget, seed, config=BASELINES["uniform width"]),
             Run("Torch-Pruning local (group-L1, one ratio)", "torch-pruning", budget, seed),
             Run("Torch-Pruning global (group-L1, global ranking)", "torch-pruning", budget, seed, tp_global=True),
             Run("M2M-DC paper recipe at the budget", "config", budget, seed, config=BASELINES["M2M-DC at the budget"])]
-    if budget == "short":
+    if budget == "short" and (int8_seeds is None or seed in int8_seeds):
         runs += [Run("PQD at full width: prune 50% -> QAT -> KD (INT8)", "pqd", budget, seed, recipe="pqd"),
                  Run("Torch-Pruning local + QAT (INT8)", "torch-pruning", budget, seed, qat=True)]
     return runs
@@ -182,6 +184,8 @@ def main(argv=None):
     p.add_argument("--budgets", default="short,long", help=f"comma-separated, of {', '.join(BUDGETS)}")
     p.add_argument("--only", default=None, help="comma-separated words: rows whose label contains one of them")
     p.add_argument("--no-latency", action="store_true", help="skip the final latency measurements")
+    p.add_argument("--int8-seeds", default=None, help="seeds of the INT8 latency rows (default: --seeds); "
+                   "their accuracy is shown with the seeds it has")
     p.add_argument("--mlflow-uri", default=None)
     add_teacher_args(p)
     add_data_args(p)
@@ -189,6 +193,9 @@ def main(argv=None):
     check_range("--budget-gmacs", a.budget_gmacs, 0.0, 10.0, lo_open=True)
     check_range("--k", a.k, 1, 100)
     seeds, budgets = parse_seeds(a.seeds), parse_budgets(a.budgets)
+    int8_seeds = None if a.int8_seeds is None else parse_seeds(a.int8_seeds)
+    if int8_seeds is not None and not set(int8_seeds) <= set(seeds):
+        raise UserError(f"--int8-seeds {a.int8_seeds!r} must be among --seeds {a.seeds!r}")
     from m2mdc.compiler import target_of
     from m2mdc.context import prepare_context
     from m2mdc.device import pick_device
@@ -214,7 +221,7 @@ def main(argv=None):
 
     for b in budgets:
         for seed in seeds:
-            for run in baseline_runs(b, seed):
+            for run in baseline_runs(b, seed, int8_seeds):
                 if wanted(run.row):
                     print(f"[baselines] {run.row}: {b} budget, seed {seed}", flush=True)
                     rows.setdefault(run.row, []).append(execute(run, ctx, target, a.budget_gmacs, folder, models))
