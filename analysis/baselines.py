@@ -125,7 +125,7 @@ def table(rows: dict[str, list[dict]], teacher: dict, budgets: list[str], latenc
     for label, results in rows.items():
         r0 = results[0]
         kd = "own (tuned)" if r0["run"]["tuned_kd"] else ("fixed" if r0["run"]["method"] != "pqd" else "fixed (D stage)")
-        cells = [label + (" (INT8)" if r0["int8"] and "(INT8)" not in label else ""), kd]
+        cells = [label.replace("|", "\\|") + (" (INT8)" if r0["int8"] and "(INT8)" not in label else ""), kd]
         for b in budgets:
             rs = [r for r in results if r["run"]["budget"] == b]
             cells += [mean_std([r["test_top1"] for r in rs]) if rs else "–",
