@@ -19,7 +19,13 @@ ARGS = ["--dataset", "digits", "--archs", "resnet18", "--seeds", "0,1", "--kd-ep
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("paper")
-    assert paper_table.main([*ARGS, "--out-dir", str(out)]) == 0
+    # module scope runs before conftest's per-test isolation: keep the committed results/ untouched here too
+    mp = pytest.MonkeyPatch()
+    mp.setenv("M2MDC_RESULTS_DIR", str(out / "results"))
+    try:
+        assert paper_table.main([*ARGS, "--out-dir", str(out)]) == 0
+    finally:
+        mp.undo()
     return out, json.loads((out / "paper_table" / "paper_table-digits.json").read_text())
 
 
