@@ -24,7 +24,6 @@ to OUT/paper_table/paper_table-<dataset>.md; its list of differences follows the
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,8 @@ from m2mdc.cli.args import add_data_args, add_teacher_args, dataset_from_args, t
 from m2mdc.errors import Parser, UserError, check_range, cli
 from m2mdc.io import ensure_writable, out_root, stable_hash, write_json, write_text
 from m2mdc.models import split_arch
+
+from analysis.study import mean_std
 
 SOURCE = "arXiv:2511.06842v2 (M2M-DC), abstract"
 # What the paper states for CIFAR-100 (its abstract; the full tables were not available offline).
@@ -140,14 +141,6 @@ def stage_rows(record: dict, adapter) -> dict[str, dict]:
         out[label] = {"val_top1": val, "test_top1": test, "params": params, "gmacs": gmacs,
                       "params_10": metrics.count_params(adapter.rebuild(step["keep_cfg"], 10))}
     return out
-
-
-def _mean_std(xs: list[float]) -> str:
-    if not xs:
-        return ""
-    if len(xs) == 1:
-        return f"{xs[0]:.2f}"
-    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}"
 
 
 def run_seed(ctx, plan: list[dict], root: Path, name: str, results: Path, adapter) -> dict:
@@ -332,20 +325,20 @@ def render(report: dict) -> str:
                 p_params, p_gmacs = f"{paper['params_m']:.2f}M", f"{paper['gmacs']:.4f}"
             else:
                 p_top1 = p_params = p_gmacs = ""
-            lines.append(f"| {arch} | {label} | {p_top1} | {_mean_std(s['test_top1'])} | {_mean_std(s['val_top1'])} | "
+            lines.append(f"| {arch} | {label} | {p_top1} | {mean_std(s['test_top1'])} | {mean_std(s['val_top1'])} | "
                          f"{p_params} | {s['params'] / 1e6:.2f}M / {s['params_10'] / 1e6:.2f}M | {p_gmacs} | "
                          f"{s['gmacs']:.4f} |")
     for arch, r in report["archs"].items():
         if "control" in r:
             c = r["control"]
-            lines.append(f"| {arch} | {CONTROL} | | {_mean_std(c['test_top1'])} | {_mean_std(c['val_top1'])} | | "
+            lines.append(f"| {arch} | {CONTROL} | | {mean_std(c['test_top1'])} | {mean_std(c['val_top1'])} | | "
                          f"{c['params'] / 1e6:.2f}M / {c['params_10'] / 1e6:.2f}M | | {c['gmacs']:.4f} |")
     lines += ["", f"Here: {report['dataset']}, mean ± sample std over seeds {report['seeds']}; selection on val, "
               f"test reported. Paper: {SOURCE}."]
     for arch, r in report["archs"].items():
         if "student_minus_teacher" in r:
-            lines.append(f"{arch}: final student minus its teacher, test top-1: {_mean_std(r['student_minus_teacher'])} "
-                         f"points (the paper: +2.51); minus the control: {_mean_std(r['student_minus_control'])} points.")
+            lines.append(f"{arch}: final student minus its teacher, test top-1: {mean_std(r['student_minus_teacher'])} "
+                         f"points (the paper: +2.51); minus the control: {mean_std(r['student_minus_control'])} points.")
     lines += ["", "Differences of setting:", ""]
     lines += [f"- {d}" for d in differences(report)]
     if report.get("command"):

@@ -36,16 +36,13 @@ def ablation_runs(orders, budget: str, seeds) -> list[Run]:
     return [Run(order_label(o), "pqd", budget, s, recipe=o) for o in orders for s in seeds]
 
 
-def check_equal_training(results: list[dict]) -> int:
-    """The epochs every run actually trained (summed over its steps): all equal, or an error."""
-    trained = {(r["run"]["recipe"], r["run"]["budget"], r["run"]["seed"]): r["epochs_trained"] for r in results}
-    by_budget: dict[str, set] = {}
-    for (_, budget, _), e in trained.items():
-        by_budget.setdefault(budget, set()).add(e)
-    for budget, es in by_budget.items():
-        if len(es) != 1:
+def check_equal_training(results: list[dict]) -> None:
+    """Every run of a budget trained the same epochs (summed over its steps, as trained), or an error."""
+    for budget in {r["run"]["budget"] for r in results}:
+        trained = {(r["run"]["recipe"], r["run"]["seed"]): r["epochs_trained"] for r in results
+                   if r["run"]["budget"] == budget}
+        if len(set(trained.values())) != 1:
             raise RuntimeError(f"orders trained unequal epochs at the {budget} budget: {trained}")
-    return next(iter(by_budget.get("short", by_budget[next(iter(by_budget))])))
 
 
 def summarise(results: list[dict], orders, budget: str) -> list[dict]:

@@ -25,16 +25,13 @@ from analysis.study import BUDGETS, Run, execute, machine, results_root
 BOOTSTRAP = 2000
 
 
-def candidates(client, experiment: str, budget: float, band: float) -> tuple[object, list]:
-    """(parent run, completed trials within [budget*(1-band), budget], by the search's val, best first)."""
-    from analysis.finalize import members
-
-    parent, _ = members(client, experiment, budget, 1)
+def candidates(client, parent, budget: float, band: float) -> list:
+    """The search's completed trials within [budget*(1-band), budget], by its val, best first."""
     runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
                               max_results=10000)
     done = [r for r in runs if r.data.tags.get("role") == "trial" and r.data.tags.get("status") == "completed"
             and budget * (1 - band) <= r.data.metrics.get("gmacs", 1e9) <= budget]
-    return parent, sorted(done, key=lambda r: -r.data.metrics["val_top1"])
+    return sorted(done, key=lambda r: -r.data.metrics["val_top1"])
 
 
 def spread_pick(items: list, n: int) -> list:
@@ -91,7 +88,7 @@ def main(argv=None):
     parent, _ = members(client, a.experiment, a.budget_gmacs or 1e9, 1)
     budget = a.budget_gmacs or float(parent.data.tags["budget_gmacs"])
     check_search_setting(parent, a, a.experiment)
-    _, pool = candidates(client, a.experiment, budget, a.band)
+    pool = candidates(client, parent, budget, a.band)
     if len(pool) < 3:
         raise UserError(f"search {a.experiment!r} has {len(pool)} completed trial(s) within {a.band:.0%} of "
                         f"{budget:g} GMACs; tau needs at least 3 (widen --band or search longer)")

@@ -2,6 +2,7 @@
 to a small image folder and a checkpoint trained here, for the own-model commands), deployment
 measurements left on, and each must exit 0 without a traceback. A README command this file cannot
 shrink fails the test, so a new example cannot land untested."""
+import functools
 import json
 import os
 import re
@@ -97,9 +98,14 @@ def shrink(cmd: str, fixtures: dict) -> list[str]:
     return [sys.executable, *head[1:], *out]
 
 
+@functools.cache
+def _help(head: tuple[str, ...]) -> str:
+    return subprocess.run([*head, "--help"], cwd=REPO, capture_output=True, text=True).stdout
+
+
 def accepts_out_dir(argv: list[str]) -> bool:
-    r = subprocess.run([*argv[:3 if argv[1] == "-m" else 2], "--help"], cwd=REPO, capture_output=True, text=True)
-    return "--out-dir" in r.stdout
+    """Whether the tool takes --out-dir (its --help asked once per tool, not once per command)."""
+    return "--out-dir" in _help(tuple(argv[:3 if argv[1] == "-m" else 2]))
 
 
 @pytest.fixture(scope="module")
