@@ -24,8 +24,12 @@ demo: $(STAMP)
 demo-compress: $(STAMP)
 	$(PY) -m m2mdc.demo
 
+# Two pytest workers, one test file each at a time (module fixtures stay in one process): much of the
+# suite is single-threaded (subprocess start-up, Ray, inductor compiles, 1-CPU search trials), so the
+# second core is otherwise idle. Passive OpenMP waiting keeps two workers' thread pools from spinning
+# against each other on a 2-core machine.
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=40 $(PYTEST_ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n 2 --dist loadfile --durations=40 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/data_pipeline.py
