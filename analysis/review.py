@@ -36,6 +36,11 @@ class Search:
         return float(self.parent.data.tags.get("budget_gmacs") or self.parent.data.params["budget_gmacs"])
 
     @property
+    def budget_ms(self) -> float | None:
+        value = self.parent.data.params.get("budget_ms")
+        return float(value) if value not in (None, "", "None") else None
+
+    @property
     def objectives(self) -> tuple[str, ...]:
         """The objectives the search optimised (its tag; older searches: the named set it was given)."""
         tag = self.parent.data.tags.get("objectives")
@@ -170,7 +175,7 @@ def main(argv=None):
         name = "frontier.png" if x == "gmacs" else f"frontier-{x}.png"
         files.append(frontier_plot(main_search.finished, members, folder / name, main_search.budget,
                                    main_search.teacher, f"{main_search.name}: {len(main_search.finished)} finished "
-                                   f"trials", x=x))
+                                   f"trials", x=x, budget_ms=main_search.budget_ms))
     files.append(plot_hypervolume(curves, folder / "hypervolume.png", main_search.objectives))
     if len(searches) > 1:
         files.append(plot_compare(searches, folder / "compare.png"))

@@ -11,7 +11,6 @@ in interleaved rounds so that load from other processes hits all of them alike.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import sys
 import time
@@ -23,6 +22,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from m2mdc import metrics, quant  # noqa: E402
+from m2mdc.arch_latency import cpu_model  # noqa: E402
 from m2mdc.latency import compile_for_cpu, time_forward  # noqa: E402
 from m2mdc.data import Batch  # noqa: E402
 from m2mdc.errors import Parser, UserError, cli  # noqa: E402
@@ -144,16 +144,6 @@ def _print_table(rows: list[dict]) -> None:
         print(" | ".join(str(r[c]).ljust(width[c]) for c in cols))
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 @cli
 def main(argv=None):
     p = Parser(prog="benchmarks/latency.py", description=__doc__.split("\n\n")[0])
@@ -179,7 +169,7 @@ def main(argv=None):
         raise UserError("--threads, --rounds, --repeats, --calib-batches must be >= 1, --warmup >= 0, "
                         "--num-classes >= 2")
     device = torch.device("cpu")  # INT8 kernels are CPU-only; FP32 runs there too to compare like with like
-    print(f"torch {torch.__version__}, {_cpu_name()}, {os.cpu_count()} CPUs visible, {a.threads} threads, "
+    print(f"torch {torch.__version__}, {cpu_model()}, {os.cpu_count()} CPUs visible, {a.threads} threads, "
           f"input {a.resolution}x{a.resolution}, median of {a.rounds} interleaved rounds of {a.repeats} calls; "
           f"load average at start {os.getloadavg()[0]:.2f}", flush=True)
     rows = []

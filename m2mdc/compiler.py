@@ -115,6 +115,10 @@ class CompiledPlan:
     feasible: bool = True
     notes: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)  # what the recipe decided on the way (the allocator's result)
+    # with a latency budget: predicted_ms / spread_pct / backend of the final architecture, sampled_ms of
+    # the configuration before projection (None when no latency budget)
+    latency: dict | None = None
+    violation: float = 0.0  # infeasible: how far over a budget the configuration stays (relative, > 0)
 
     @property
     def projected(self) -> bool:
@@ -131,13 +135,18 @@ class CompiledPlan:
 
 
 def compile_config(config: dict, target: Target, *, recipe: str = "fractions", budget_gmacs: float | None = None,
-                   training: dict | None = None, bins: int = 10, probe_samples: int = 5000) -> CompiledPlan:
+                   training: dict | None = None, bins: int = 10, probe_samples: int = 5000,
+                   budget_ms: float | None = None, latency: Callable[[dict, bool], dict] | None = None) -> CompiledPlan:
     """The plan of ``config`` (knob name -> value; missing knobs take the table's defaults).
 
     ``training``: the KD repairs' budget (epochs, steps_per_epoch, batch_size, seed) and, for the
     PQD recipes, ``pqd_epochs`` and ``split``. ``bins`` / ``probe_samples`` are the MI settings the
-    ``block_scores`` were computed with.
+    ``block_scores`` were computed with. ``budget_ms`` with ``latency`` (an m2mdc.arch_latency.ArchLatency:
+    keep_cfg, int8 -> measured latency as shipped): the final architecture's latency must fit too;
+    the fractions recipe projects onto it by width scaling, the others are rejected when over it.
     """
+    if budget_ms is not None and latency is None:
+        raise ValueError("a latency budget needs a latency function (m2mdc.arch_latency.ArchLatency)")
     if recipe not in RECIPES:
         raise UserError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     training = dict(training or {})
@@ -148,7 +157,7 @@ def compile_config(config: dict, target: Target, *, recipe: str = "fractions", b
     kd = {**training, **step_settings(v, "kd")}
     mi = {"bins": bins, "probe_samples": probe_samples}
     if recipe == "fractions":
-        out = _fractions(v, target, budget_gmacs, kd, mi)
+        out = _fractions(v, target, budget_gmacs, kd, mi, budget_ms, latency)
     elif recipe == "allocator":
         out = _allocator(v, target, budget_gmacs, kd, mi)
     elif recipe in PQD_ORDERS:
@@ -158,6 +167,15 @@ def compile_config(config: dict, target: Target, *, recipe: str = "fractions", b
         out = CompiledPlan(plan, full, target.cost.full_gmacs, target.cost.full_gmacs)
     else:
         out = _m2mdc(v, config.get("keep_blocks"), target, kd, mi, qat=recipe == "m2mdc+qat")
+    if budget_ms is not None and out.feasible and out.latency is None:  # a recipe that fixes its widths
+        t = latency(out.keep_cfg, any(s["step"] == "qat" for s in out.plan))
+        out.latency = {"predicted_ms": t["ms"], "spread_pct": t["spread_pct"], "backend": t["backend"],
+                       "sampled_ms": t["ms"]}
+        if t["ms"] > budget_ms:
+            out = CompiledPlan([], out.keep_cfg, out.gmacs, out.sampled_gmacs, 0.0, feasible=False,
+                               notes=[f"{t['ms']:.2f} ms exceeds the {budget_ms:g} ms budget and the {recipe!r} "
+                                      f"recipe fixes its widths"], latency=out.latency,
+                               violation=t["ms"] / budget_ms - 1.0)
     if out.feasible:
         out.plan = validate_plan(out.plan + _added_steps(v, config), target.adapter.arch, target.cost.num_classes)
     return out
@@ -214,7 +232,8 @@ def global_widths(cost: CostModel, kept: frozenset, scores: dict, keep_frac: flo
     return widths
 
 
-def _fractions(v: dict, target: Target, budget_gmacs: float | None, kd: dict, mi: dict) -> CompiledPlan:
+def _fractions(v: dict, target: Target, budget_gmacs: float | None, kd: dict, mi: dict,
+               budget_ms: float | None = None, latency=None) -> CompiledPlan:
     adapter, teacher, cost = target.adapter, target.teacher, target.cost
     pruned = select_blocks_to_prune(target.scores(), adapter, teacher, float(v["prune_ratio"]))
     keep_blocks = keep_blocks_after(adapter, teacher, pruned)
@@ -248,11 +267,27 @@ def _fractions(v: dict, target: Target, budget_gmacs: float | None, kd: dict, mi
                 else:
                     hi = m
             scale = lo
+    lat = None
+    if feasible and budget_ms is not None:
+        int8 = bool(v["qat"])
+
+        def ms_at(s: float) -> dict:
+            return latency(cost.keep_cfg(kept, widths_at(s)), int8)
+        fitted, lat = project_latency(ms_at, scale, budget_ms)
+        if fitted is None:
+            widths = widths_at(0.0)
+            return CompiledPlan([], cost.keep_cfg(kept, widths), cost.macs_of(kept, widths) / 1e9, sampled / 1e9,
+                                0.0, feasible=False, latency=lat, violation=lat["predicted_ms"] / budget_ms - 1.0,
+                                notes=[f"{len(kept)} kept blocks{' in INT8' if int8 else ''} take "
+                                       f"{lat['predicted_ms']:.2f} ms even at one channel per group, over the "
+                                       f"{budget_ms:g} ms budget"])
+        scale = fitted
     widths = widths_at(scale)
     keep_cfg = cost.keep_cfg(kept, widths)
     gmacs = cost.macs_of(kept, widths) / 1e9
     if not feasible:
         return CompiledPlan([], keep_cfg, gmacs, sampled / 1e9, 0.0, feasible=False,
+                            violation=gmacs / budget_gmacs - 1.0,
                             notes=[f"{len(kept)} kept blocks exceed the budget even at one channel per group"])
     cut = {kind: any(widths[k] < cost.full_knob_widths[k] for k in widths if k.startswith(kind + ":"))
            for kind in ("planes", "mid")}
@@ -262,7 +297,58 @@ def _fractions(v: dict, target: Target, budget_gmacs: float | None, kd: dict, mi
         "m": [{"step": "widths", "keep_cfg": {"mid": dict(keep_cfg["mid"])}, **ranking}] if cut["mid"] else [],
     }
     plan = scheduled([s for c in v["order"] for s in edits[c]], v, kd)
-    return CompiledPlan(plan, keep_cfg, gmacs, sampled / 1e9, scale)
+    return CompiledPlan(plan, keep_cfg, gmacs, sampled / 1e9, scale, latency=lat)
+
+
+LATENCY_BAND = 0.05  # the projection stops once the latency is within this share under the budget
+LATENCY_STEPS = 6  # at most this many measurements between the two ends
+
+
+def project_latency(ms_at: Callable[[float], dict], hi: float, budget_ms: float, band: float = LATENCY_BAND,
+                    steps: int = LATENCY_STEPS) -> tuple[float | None, dict]:
+    """(scale, latency record): the largest width scale in [0, ``hi``] whose measured latency fits
+    ``budget_ms`` (None when even scale 0 does not), and the prediction for it.
+
+    Each measurement costs a compile, so this is false position (regula falsi, Illinois variant)
+    on latency against scale squared (MACs grow with the square of the width) rather than bisection: it aims just inside the budget and stops once a
+    measurement lands within ``band`` under it, usually after 1-3 measurements between the ends.
+    Latency grows with width up to timing noise; the scale kept is always one *measured* to fit.
+    """
+    top = ms_at(hi)
+    record = {"sampled_ms": top["ms"]}
+    if top["ms"] <= budget_ms:
+        return hi, {**record, "predicted_ms": top["ms"], "spread_pct": top["spread_pct"],
+                    "backend": top["backend"], "measurements": 1}
+    bottom = ms_at(0.0)
+    n = 2
+    if bottom["ms"] > budget_ms:
+        return None, {**record, "predicted_ms": bottom["ms"], "spread_pct": bottom["spread_pct"],
+                      "backend": bottom["backend"], "measurements": n}
+    lo, t_lo, best = 0.0, bottom["ms"], bottom
+    t_hi = top["ms"]
+    aim = budget_ms * (1 - band / 2)
+    side = 0
+    for _ in range(steps):
+        if hi - lo < 1e-3 or best["ms"] >= budget_ms * (1 - band):
+            break
+        # interpolate in s^2: MACs (and so, past the per-call floor, time) grow with the square of the width scale
+        u = lo ** 2 + (hi ** 2 - lo ** 2) * (aim - t_lo) / max(t_hi - t_lo, 1e-9)
+        s = min(max(u, 0.0) ** 0.5, hi)
+        s = min(max(s, lo + 0.02 * (hi - lo)), hi - 0.02 * (hi - lo))
+        t = ms_at(s)
+        n += 1
+        if t["ms"] <= budget_ms:
+            lo, t_lo, best = s, t["ms"], t
+            if side == 1:  # Illinois: the other end stayed twice in a row, halve its weight
+                t_hi = aim + (t_hi - aim) / 2
+            side = 1
+        else:
+            hi, t_hi = s, t["ms"]
+            if side == -1:
+                t_lo = aim - (aim - t_lo) / 2
+            side = -1
+    return lo, {**record, "predicted_ms": best["ms"], "spread_pct": best["spread_pct"], "backend": best["backend"],
+                "measurements": n}
 
 
 def scheduled(edits: list[dict], v: dict, kd: dict) -> list[dict]:

@@ -9,6 +9,7 @@ interquartile range as a share of the median), because a shared CPU moves betwee
 from __future__ import annotations
 
 import copy
+import logging
 import statistics
 import time
 import warnings
@@ -22,6 +23,9 @@ from .metrics import default_threads, torch_threads
 from .quant import first_line, int8_coverage
 
 CPU = torch.device("cpu")
+# inductor's C++ toolchain logs "No CUDA runtime is found, using CUDA_HOME=..." at its first compile on a
+# machine without CUDA (this CUDA build of torch); irrelevant to CPU kernels, and it would break CLIs' one-line errors
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 @torch.no_grad()
@@ -126,8 +130,11 @@ def as_shipped(model: nn.Module, resolution: int, int8: bool, compiled: bool = T
 
 def shipped_latency(model: nn.Module, resolution: int, int8: bool, batch: int = 1, threads: int | None = None,
                     repeats: int = 30, compiled: bool = True) -> dict:
-    """``time_forward`` of the shipped form of ``model`` plus the backend that ran."""
-    fn, backend = as_shipped(model, resolution, int8, compiled)
+    """``time_forward`` of the shipped form of ``model`` plus the backend that ran. Compiled under the
+    timed thread count: inductor bakes the thread count into its kernels."""
+    threads = threads or default_threads()
+    with torch_threads(threads):
+        fn, backend = as_shipped(model, resolution, int8, compiled)
     return {**time_forward(fn, resolution, batch=batch, threads=threads, repeats=repeats), "backend": backend}
 
 

@@ -40,10 +40,23 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("params", "params (M)", "M", "parameter count", ".3f", scale=1e-6),
     Metric("size_bytes", "size (MB)", "MB", "bytes of what ships: FP32 state_dict, or the INT8 torch.export program",
            ".2f", scale=1e-6, direction="min", reference="teacher"),
-    Metric("latency_ms", "batch-1 latency (ms)", "ms", "median CPU time of one image through the shipped model "
-           "(inductor-compiled FP32, or INT8 where QAT), measured in the trial", ".2f", direction="min",
-           reference="teacher"),
+    Metric("latency_ms", "latency (ms)", "ms", "median CPU time of one batch (the search's --latency-batch, default "
+           "1) through the shipped model (inductor-compiled FP32, or INT8 where QAT), measured in the trial after "
+           "training", ".2f", direction="min", reference="teacher"),
     Metric("latency_spread_pct", "latency spread (%)", "%", "interquartile range of the timed calls / median", ".0f"),
+    Metric("latency_batch", "latency batch", "", "the batch size latency figures were timed at", ".0f"),
+    Metric("predicted_latency_ms", "predicted latency (ms)", "ms", "latency of the untrained final architecture "
+           "as shipped, measured before training (what the latency budget was checked against)", ".2f"),
+    Metric("predicted_latency_spread_pct", "predicted latency spread (%)", "%", "interquartile range / median of "
+           "that pre-training measurement", ".0f"),
+    Metric("sampled_latency_ms", "sampled latency (ms)", "ms", "pre-training latency of the configuration before "
+           "the latency projection", ".2f"),
+    Metric("latency_measurements", "latency measurements", "", "architectures timed before training to fit the "
+           "latency budget (cached ones included)", ".0f"),
+    Metric("latency_seconds", "latency fit time (s)", "s", "wall time of fitting the latency budget before "
+           "training (builds, compiles, timing; near 0 when cached)", ".0f"),
+    Metric("violation", "budget violation", "", "infeasible: how far over a budget the configuration stays at its "
+           "smallest (relative; what the sampler's constraint reads)", ".3f"),
     Metric("latency_backend", "latency backend", "", "what ran: inductor, or eager-fallback when compiling failed",
            kind="tag"),
     Metric("int8", "INT8", "", "true when the model ships as an INT8 PT2E program", kind="tag"),

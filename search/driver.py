@@ -92,13 +92,16 @@ def build_setup(req: SearchRequest, device):
     if "latency_ms" in req.objectives:
         from m2mdc.latency import format_ms, shipped_latency
 
-        lat = shipped_latency(ctx.teacher, req.ds.resolution, int8=False, batch=1, threads=req.cpus)
+        lat = shipped_latency(ctx.teacher, req.ds.resolution, int8=False, batch=a.latency_batch,
+                              threads=a.latency_threads)
         teacher.update(latency_ms=lat["ms"], latency_backend=lat["backend"])
-        print(f"[teacher] batch-1 latency {format_ms(lat)} ({lat['backend']}, {req.cpus} threads)", flush=True)
+        print(f"[teacher] latency {format_ms(lat)} at batch {a.latency_batch} ({lat['backend']}, "
+              f"{a.latency_threads} threads)", flush=True)
     setup = SearchSetup(ctx, a.budget_gmacs, req.space.mode, req.training, probe_samples=prof.probe_samples,
                         channel_scores=dict(ch_scores), measure_latency="latency_ms" in req.objectives,
                         threads=max(1, int(req.cpus)), use_gpu=a.gpus_per_trial > 0, quiet=a.quiet,
-                        trials_dir=str(req.exp_dir))
+                        trials_dir=str(req.exp_dir), budget_ms=a.budget_ms, latency_batch=a.latency_batch,
+                        latency_threads=a.latency_threads, latency_cache=str((req.root / "latency").resolve()))
     return setup, teacher
 
 
@@ -111,6 +114,17 @@ def log_search_inputs(tracker, parent: str, space, teacher: dict) -> None:
     now = int(time.time() * 1000)
     tracker.client.log_batch(parent, metrics=[Metric(f"teacher_{k}", float(v), now, 0) for k, v in teacher.items()
                                               if isinstance(v, (int, float))])
+
+
+def latency_tags(a) -> dict:
+    """What the search's latency figures refer to: CPU model, threads, batch, torch version, backend."""
+    if getattr(a, "budget_ms", None) is None and "latency" not in (a.objectives or ""):
+        return {}
+    from m2mdc.arch_latency import machine
+
+    m = machine()
+    return {"latency_machine": f"{m['cpu']} | {a.latency_threads} threads of {m['cpus']} | batch {a.latency_batch} "
+                               f"| torch {m['torch']} | inductor-compiled (FP32, or INT8 PT2E where QAT)"}
 
 
 def trial_resources(req: SearchRequest) -> dict:
@@ -139,8 +153,9 @@ def run_search(req: SearchRequest) -> int:
     a, exp_dir, name = req.args, req.exp_dir, req.name
     device = pick_device(a.device)
     steps = req.training.get("steps_per_epoch")
+    latency = f" and {a.budget_ms:g} ms at batch {a.latency_batch}" if a.budget_ms is not None else ""
     print(f"{req.ds.describe()}; device {device}; space {req.space.source} ({req.space.mode}); budget "
-          f"{a.budget_gmacs:g} GMACs; objectives {', '.join(req.objectives)}; profile {a.profile}: {req.num_samples} "
+          f"{a.budget_gmacs:g} GMACs{latency}; objectives {', '.join(req.objectives)}; profile {a.profile}: {req.num_samples} "
           f"trials, KD T={req.training['epochs']}{f', {steps} batches/epoch' if steps else ''}", flush=True)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state saved often: resume loses little
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -164,7 +179,8 @@ def run_search(req: SearchRequest) -> int:
         space = req.space
         parent = tracker.start_parent(name, {**params, "space": space.source, "space_digest": space.digest},
                                       {"budget_gmacs": str(a.budget_gmacs), "arch": a.arch, "dataset": req.ds.name,
-                                       "objectives": ",".join(req.objectives), "command": a.command[:5000]},
+                                       "objectives": ",".join(req.objectives), "command": a.command[:5000],
+                                       **latency_tags(a)},
                                       run_id=req.resume_meta and req.resume_meta.get("parent_run_id"))
         if req.resume_meta is None:
             log_search_inputs(tracker, parent, space, teacher)
@@ -211,7 +227,7 @@ def run_search(req: SearchRequest) -> int:
         front = front_of(rows, req.objectives)
         n = counts(rows)
         files = write_outputs(rows, front, req.objectives, exp_dir, a.budget_gmacs, teacher,
-                              f"{a.arch} / {req.ds.name}: {n['completed']} finished trials")
+                              f"{a.arch} / {req.ds.name}: {n['completed']} finished trials", budget_ms=a.budget_ms)
         tracker.finish(rows, {r["trial_id"] for r in front}, files,
                        {**{f"trials_{k}": v for k, v in n.items()}, "pareto_size": len(front)})
         status = "FINISHED"

@@ -32,7 +32,19 @@ def build_parser() -> Parser:
     from search.optuna_search import SAMPLERS
 
     p = Parser(prog="python search/frontier.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--budget-gmacs", type=float, required=True, help="hard GMACs budget per student (fvcore, 1 image)")
+    p.add_argument("--budget-gmacs", type=float, default=None, help="hard GMACs budget per student (fvcore, 1 image); "
+                   "required unless --budget-ms is given")
+    lat = p.add_argument_group("latency budget")
+    lat.add_argument("--budget-ms", type=float, default=None,
+                     help="hard latency budget per student: milliseconds per batch of --latency-batch images through "
+                     "the model as it ships (inductor-compiled FP32, or INT8 where the configuration has QAT) on this "
+                     "CPU, measured before training; configurations over it are width-scaled onto it or rejected")
+    lat.add_argument("--latency-batch", type=int, default=1, help="batch size latency is timed at (default 1; at "
+                     "32x32 batch-1 time is mostly per-call overhead, a larger batch separates architectures)")
+    lat.add_argument("--latency-threads", type=int, default=None,
+                     help="threads latency is timed with (default: --cpus-per-trial; at most that)")
+    lat.add_argument("--remeasure", action="store_true", help="with --resume on another CPU model: re-measure "
+                     "latencies on this machine instead of refusing")
     add_teacher_args(p)
     add_data_args(p)
     g = p.add_argument_group("search")
@@ -44,8 +56,9 @@ def build_parser() -> Parser:
     g.add_argument("--steps-per-epoch", type=int, default=None, help="batches per KD epoch, 0 = full passes "
                    "(default: the profile's)")
     g.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="tpe (default), nsga2, random (baseline)")
-    g.add_argument("--objectives", default="acc-gmacs", choices=OBJECTIVE_SETS,
-                   help="acc-gmacs (default) or acc-gmacs-latency (adds measured batch-1 CPU latency)")
+    g.add_argument("--objectives", default=None, choices=OBJECTIVE_SETS,
+                   help="acc-gmacs (default) or acc-gmacs-latency (adds the measured CPU latency at --latency-batch; "
+                   "the default with --budget-ms)")
     g.add_argument("--no-asha", action="store_true", help="run every trial to the end (no early stopping)")
     g.add_argument("--stop-fraction", type=float, default=ASHA_STOP_FRACTION,
                    help="ASHA rungs stop trials in this bottom share of val top-1 (default 0.25)")
@@ -137,6 +150,43 @@ def seeded_points(space) -> tuple[dict[str, dict], list[str]]:
     return points, skipped
 
 
+def check_latency_budget(a, space, cost, cache_dir=None):
+    """UserError unless ``--budget-ms`` is at least the latency of the fastest configuration the space can
+    build: its largest block-prune ratio, every width at its minimum (one channel per group), INT8 too when
+    the space samples QAT. Measured here (two compiles, before any teacher training); returns the
+    measurements (read from ``cache_dir`` when there), to keep once the search starts."""
+    from m2mdc.arch_latency import ArchLatency
+    from m2mdc.compiler import compile_config, dry_target
+
+    if space.mode != "fractions":
+        raise UserError(f"--budget-ms needs a fractions space (its widths can be scaled onto the budget); "
+                        f"{space.source} is a {space.mode!r} space")
+    target = dry_target(a.arch, cost.num_classes, cost.resolution)
+    oracle = ArchLatency(target.adapter, cost.num_classes, cost.resolution, batch=a.latency_batch,
+                         threads=a.latency_threads, cache_dir=cache_dir, write=False)
+    prune = space.params["prune_ratio"]
+    smallest = {"prune_ratio": prune.high if prune.sampled else prune.fixed, "planes_keep": 1e-6, "mid_keep": 1e-6}
+    qat = space.params["qat"]
+    int8s = sorted({bool(c) for c in (qat.choices if qat.choices is not None else (qat.fixed,))})
+    print(f"[latency] budget {a.budget_ms:g} ms at batch {a.latency_batch}, {a.latency_threads} thread(s); timing "
+          f"the fastest configuration the space can build ({'FP32 and INT8' if len(int8s) > 1 else 'one format'}, "
+          f"compiled as shipped) ...", flush=True)
+    fastest = None
+    for int8 in int8s:
+        plan = compile_config({**smallest, "qat": int8}, target)
+        t = oracle(plan.keep_cfg, int8)
+        if fastest is None or t["ms"] < fastest[0]["ms"]:
+            fastest = (t, int8, plan.gmacs)
+    t, int8, gmacs = fastest
+    if a.budget_ms < t["ms"]:
+        raise UserError(f"--budget-ms {a.budget_ms:g} is below the fastest configuration the space can build: "
+                        f"{t['ms']:.2f} ms ±{t['spread_pct']:.0f}% at batch {a.latency_batch} ({'INT8' if int8 else 'FP32'}, "
+                        f"{gmacs:.2g} GMACs, {a.latency_threads} thread(s), {t['backend']}); raise --budget-ms")
+    print(f"[latency] fastest buildable: {t['ms']:.2f} ms ±{t['spread_pct']:.0f}% ({'INT8' if int8 else 'FP32'}, "
+          f"{gmacs:.2g} GMACs, {t['backend']})", flush=True)
+    return oracle
+
+
 def gpus_per_trial(device: str, requested: float | None) -> float:
     """Trials run where the hardware is: a GPU each when the device is CUDA, unless told otherwise;
     never trials on the CPU beside a driver on CUDA (they would disagree on the device)."""
@@ -158,7 +208,18 @@ def gpus_per_trial(device: str, requested: float | None) -> float:
 def main(argv=None):
     a = build_parser().parse_args(argv)
     prof = PROFILES[a.profile]
-    check_range("--budget-gmacs", a.budget_gmacs, 0.0, math.inf, lo_open=True, hi_open=True, hint="e.g. --budget-gmacs 0.02")
+    if a.budget_gmacs is None and a.budget_ms is None:
+        raise UserError("no budget: pass --budget-gmacs (e.g. 0.02) and/or --budget-ms (e.g. 1.5)")
+    if a.budget_gmacs is not None:
+        check_range("--budget-gmacs", a.budget_gmacs, 0.0, math.inf, lo_open=True, hi_open=True,
+                    hint="e.g. --budget-gmacs 0.02")
+    a.objectives = a.objectives or ("acc-gmacs-latency" if a.budget_ms is not None else "acc-gmacs")
+    if a.budget_ms is not None:
+        check_range("--budget-ms", a.budget_ms, 0.0, math.inf, lo_open=True, hi_open=True, hint="e.g. --budget-ms 1.5")
+        if "latency_ms" not in OBJECTIVE_SETS[a.objectives]:
+            raise UserError(f"--budget-ms needs latency among the objectives, but --objectives {a.objectives} has "
+                            f"none; drop --objectives or pass --objectives acc-gmacs-latency")
+    check_range("--latency-batch", a.latency_batch, 1, 4096)
     if a.epochs is None and prof.teacher_epochs is not None and not a.teacher:
         a.epochs = prof.teacher_epochs
     num_samples = a.num_samples if a.num_samples is not None else prof.num_samples
@@ -173,6 +234,9 @@ def main(argv=None):
         check_range("--steps-per-epoch", steps, 1, 10 ** 7)
     cpus = a.cpus_per_trial or os.cpu_count() or 1
     check_range("--cpus-per-trial", cpus, 1, 10 ** 4)
+    a.latency_threads = a.latency_threads or cpus
+    check_range("--latency-threads", a.latency_threads, 1, cpus, hint="timing must not use more threads than a trial "
+                "holds (--cpus-per-trial)")
     a.gpus_per_trial = gpus_per_trial(a.device, a.gpus_per_trial)
     teacher_from_args(a)  # completes --arch with its stem
 
@@ -196,21 +260,40 @@ def main(argv=None):
     from m2mdc.data import num_classes_of
     from m2mdc.models import get_adapter
 
-    check_budget(CostModel(get_adapter(a.arch), num_classes_of(a.dataset, a.data_dir), a.resolution), a.budget_gmacs)
+    cost = CostModel(get_adapter(a.arch), num_classes_of(a.dataset, a.data_dir), a.resolution)
+    gmacs_given = a.budget_gmacs is not None
+    if gmacs_given:
+        check_budget(cost, a.budget_gmacs)
+    else:  # a latency budget alone: MACs are unconstrained (the teacher's own GMACs bound every student)
+        a.budget_gmacs = cost.full_gmacs
     recipe, ds = teacher_and_data(a, search=True)
 
     root = ensure_writable(out_root(a.out_dir))
-    name = a.name or f"frontier-{a.arch}-{ds.name}-b{a.budget_gmacs:g}"
+    budgets = ([f"b{a.budget_gmacs:g}"] if gmacs_given else []) + (
+        [f"{a.budget_ms:g}ms-bs{a.latency_batch}"] if a.budget_ms is not None else [])
+    name = a.name or f"frontier-{a.arch}-{ds.name}-{'-'.join(budgets)}"
     exp_dir = (root / "search" / name).resolve()
     meta_path = exp_dir / "search.json"
     identity = {"space_digest": space.digest, "arch": a.arch, "dataset": ds.name, "budget_gmacs": a.budget_gmacs,
                 "profile": a.profile, "objectives": a.objectives, "sampler": a.sampler, "num_samples": num_samples,
                 "kd_epochs": kd_epochs, "steps_per_epoch": steps, "teacher": repr(recipe)}
+    if a.budget_ms is not None:
+        from m2mdc.arch_latency import machine
+
+        identity.update(budget_ms=a.budget_ms, latency_batch=a.latency_batch, latency_threads=a.latency_threads,
+                        latency_cpu=machine()["cpu"])
     meta = None
     if a.resume:
         if not meta_path.exists():
             raise UserError(f"nothing to resume: no search named {name} under {root / 'search'}; drop --resume")
         meta = json.loads(meta_path.read_text())
+        was_cpu = meta["identity"].get("latency_cpu")
+        if a.budget_ms is not None and was_cpu != identity["latency_cpu"]:
+            if not a.remeasure:
+                raise UserError(f"{name}'s latencies were measured on {was_cpu!r}, this CPU is "
+                                f"{identity['latency_cpu']!r}; resume on that machine, or pass --remeasure to "
+                                f"re-measure every latency here (the finished trials keep their old figures)")
+            meta["identity"]["latency_cpu"] = identity["latency_cpu"]
         changed = sorted(k for k, v in identity.items() if meta["identity"].get(k) != v)
         if changed:
             raise UserError(f"--resume of {name} with different settings ({', '.join(changed)}); resume with the "
@@ -218,6 +301,7 @@ def main(argv=None):
     elif meta_path.exists():
         raise UserError(f"a search named {name} already exists in {exp_dir}; pass --resume to continue it or "
                         f"--name for a new one")
+    latency_check = check_latency_budget(a, space, cost, root / "latency") if a.budget_ms is not None else None
     from search.tracking import check_reachable, default_uri
 
     mlflow_uri = a.mlflow_uri or default_uri(root)
@@ -227,6 +311,8 @@ def main(argv=None):
     a.address = requested_address(a.address)
     check_ray(a.address)
     training = {"epochs": kd_epochs, "steps_per_epoch": steps}
+    if latency_check is not None:
+        latency_check.save_to(root / "latency")  # the startup measurements, kept now that the search starts
     return run_search(SearchRequest(a, name, root, exp_dir, space, points, ds, recipe, prof,
                                     OBJECTIVE_SETS[a.objectives], num_samples, training, cpus, mlflow_uri, identity,
                                     meta, seeded=len(seeded)))

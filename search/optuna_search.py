@@ -4,8 +4,8 @@ Ray's searcher tells Optuna COMPLETE whenever the last result holds the objectiv
 ASHA stopped after two epochs, or one that crashed after reporting, would enter the study as a
 finished trial with half-trained values. Here only a trial whose last report says
 ``final: True`` is COMPLETE; a stopped one is PRUNED and a crashed one FAIL, with no values.
-Each finished trial also carries a ``constraint`` user attribute (GMACs - budget; > 0 only for a
-configuration that could not be fitted to the budget), which the TPE / NSGA-II samplers read
+Each finished trial also carries a ``constraint`` user attribute (how far over its budget, relative;
+> 0 only for a configuration that could not be fitted to the GMACs or latency budget), which the TPE / NSGA-II samplers read
 through ``constraints_func`` so they learn where the budget makes configurations infeasible.
 """
 from __future__ import annotations
@@ -61,8 +61,9 @@ class ParetoSafeOptunaSearch(OptunaSearch):
         values = None
         if status in (COMPLETED, INFEASIBLE):
             values = [float(result.get(m, 0.0)) for m in self.metric]  # infeasible rows carry no latency
-            ot_trial.set_user_attr("constraint", [0.0 if status == COMPLETED
-                                                  else float(result["sampled_gmacs"]) - self.budget_gmacs])
+            # an infeasible trial's relative excess over the budget it cannot fit (GMACs or latency)
+            ot_trial.set_user_attr("constraint", [0.0 if status == COMPLETED else float(
+                result.get("violation", float(result["sampled_gmacs"]) / self.budget_gmacs - 1.0))])
             ot_trial.set_user_attr("feasible", status == COMPLETED)
         self._completed_trials.add(trial_id)
         try:

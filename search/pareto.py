@@ -100,10 +100,10 @@ def figure(path: Path, xlabel: str, ylabel: str, title: str = "", height: float 
 
 def frontier_plot(rows: list[dict], front: list[dict], path: Path, budget_gmacs: float | None = None,
                   teacher: dict | None = None, title: str = "", others: list[dict] | None = None,
-                  x: str = "gmacs", y: str = "val_top1") -> Path:
+                  x: str = "gmacs", y: str = "val_top1", budget_ms: float | None = None) -> Path:
     """``y`` (accuracy) against ``x`` (GMACs by default; latency, size): finished trials (dominated ones
     faded), the Pareto front as a step line, the teacher marked, the budget as a vertical line when
-    x is GMACs. ``others`` (e.g. stopped-early trials' last values) are hollow markers. Writes a PNG."""
+    x is GMACs (or latency, with ``budget_ms``). ``others`` (e.g. stopped-early trials' last values) are hollow markers. Writes a PNG."""
     ids = {id(r) for r in front}
     dom = [r for r in rows if id(r) not in ids and r.get(x) is not None]
     with figure(path, METRICS[x].label, METRICS[y].label, title) as ax:
@@ -122,4 +122,6 @@ def frontier_plot(rows: list[dict], front: list[dict], path: Path, budget_gmacs:
             ax.scatter([teacher[x] * METRICS[x].scale], [teacher[y]], marker="*", s=160, c="black", label="teacher")
         if budget_gmacs and x == "gmacs":
             ax.axvline(budget_gmacs, ls="--", c="grey", label=f"budget {budget_gmacs:g} GMACs")
+        if budget_ms and x == "latency_ms":
+            ax.axvline(budget_ms, ls="--", c="grey", label=f"budget {budget_ms:g} ms")
     return Path(path)

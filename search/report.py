@@ -49,7 +49,7 @@ def pareto_markdown(front: list[dict], objectives) -> str:
 
 
 def write_outputs(rows: list[dict], front: list[dict], objectives, folder: Path, budget_gmacs: float,
-                  teacher: dict, title: str) -> list[Path]:
+                  teacher: dict, title: str, budget_ms: float | None = None) -> list[Path]:
     """trials.csv (every trial), pareto.md, and a plot of accuracy against each other objective."""
     cols = ["trial_id", "status", "pareto", *METRICS, "config", "run_id"]
     front_ids = {r["trial_id"] for r in front}
@@ -65,5 +65,6 @@ def write_outputs(rows: list[dict], front: list[dict], objectives, folder: Path,
     others = [r for r in rows if r["status"] == STOPPED_EARLY and r.get("val_top1") is not None]
     for x in (o for o in objectives if o != "val_top1"):
         path = folder / ("frontier.png" if x == "gmacs" else f"frontier-{x}.png")
-        files.append(frontier_plot(done, front, path, budget_gmacs, teacher, title, others, x=x))
+        files.append(frontier_plot(done, front, path, budget_gmacs, teacher, title, others, x=x,
+                                   budget_ms=budget_ms))
     return files

@@ -45,6 +45,22 @@ class SearchSetup:
     use_gpu: bool = False
     quiet: bool = False
     trials_dir: str | None = None  # where trial_<id>/model goes (the experiment folder; shared storage on a cluster)
+    budget_ms: float | None = None  # latency budget of the shipped model at latency_batch, threads
+    latency_batch: int = 1  # the batch size every latency figure of the search is timed at
+    latency_threads: int | None = None  # threads latency is timed with (default: the trial's)
+    latency_cache: str | None = None  # folder of pre-training latency measurements (m2mdc.arch_latency)
+    _latency = None  # this process's ArchLatency (built on first use, not shipped)
+
+    def arch_latency(self):
+        """The pre-training latency of architectures (cached per machine), at the search's batch and threads."""
+        if self._latency is None:
+            from m2mdc.arch_latency import ArchLatency
+
+            ds = self.ctx.ds
+            self._latency = ArchLatency(self.ctx.adapter, ds.num_classes, ds.resolution, batch=self.latency_batch,
+                                        threads=self.latency_threads or self.threads,
+                                        cache_dir=Path(self.latency_cache) if self.latency_cache else None)
+        return self._latency
 
     def target(self) -> Target:
         ctx = self.ctx
@@ -52,8 +68,10 @@ class SearchSetup:
                       ctx.get_block_scores(self.bins, self.probe_samples), self.channel_scores)
 
     def plan_for(self, config: dict) -> CompiledPlan:
+        latency = self.arch_latency() if self.budget_ms is not None else None
         return compile_config(config, self.target(), recipe=self.recipe, budget_gmacs=self.budget_gmacs,
-                              training=self.training, bins=self.bins, probe_samples=self.probe_samples)
+                              training=self.training, bins=self.bins, probe_samples=self.probe_samples,
+                              budget_ms=self.budget_ms, latency=latency)
 
 
 BULK_BYTES = 1 << 20  # tensors at least this big (datasets, teacher outputs) are shared zero-copy
@@ -136,11 +154,22 @@ def run_trial(config: dict, setup: SearchSetup, report=_report, out_dir: Path | 
     device = pick_device("cuda" if setup.use_gpu else "cpu")
     if device != ctx.device:
         ctx.device, ctx.teacher = device, ctx.teacher.to(device)
+    t_plan = time.perf_counter()
     compiled = setup.plan_for(config)
     base = {"sampled_gmacs": compiled.sampled_gmacs, "width_scale": compiled.width_scale,
             "feasible": compiled.feasible}
+    if compiled.latency is not None:  # a latency budget: the prediction made before training
+        lat = compiled.latency
+        base.update(predicted_latency_ms=lat["predicted_ms"], predicted_latency_spread_pct=lat["spread_pct"],
+                    sampled_latency_ms=lat["sampled_ms"], latency_measurements=lat.get("measurements", 1),
+                    latency_seconds=time.perf_counter() - t_plan, latency_batch=setup.latency_batch)
+        if not setup.quiet:
+            print(f"[latency] predicted {lat['predicted_ms']:.2f} ms ±{lat['spread_pct']:.0f}% at batch "
+                  f"{setup.latency_batch} (sampled {lat['sampled_ms']:.2f} ms, {base['latency_measurements']} "
+                  f"measurement(s), {base['latency_seconds']:.0f} s)", flush=True)
     if not compiled.feasible:
-        row = _row(**base, final=True, val_top1=0.0, gmacs=compiled.gmacs, note="; ".join(compiled.notes))
+        row = _row(**base, final=True, val_top1=0.0, gmacs=compiled.gmacs, note="; ".join(compiled.notes),
+                   violation=compiled.violation)
         report(row)
         return row
     epochs_done = 0
@@ -169,8 +198,10 @@ def run_trial(config: dict, setup: SearchSetup, report=_report, out_dir: Path | 
     if setup.measure_latency:
         from m2mdc.latency import shipped_latency
 
-        t = shipped_latency(model, ctx.ds.resolution, record["int8"], batch=1, threads=setup.threads)
-        final.update(latency_ms=t["ms"], latency_spread_pct=t["spread_pct"], latency_backend=t["backend"])
+        t = shipped_latency(model, ctx.ds.resolution, record["int8"], batch=setup.latency_batch,
+                            threads=setup.latency_threads or setup.threads)
+        final.update(latency_ms=t["ms"], latency_spread_pct=t["spread_pct"], latency_backend=t["backend"],
+                     latency_batch=setup.latency_batch)
     if out_dir is not None:
         save_result(model, {**record, "search_config": config}, Path(out_dir) / "model")
     report(final)

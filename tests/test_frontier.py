@@ -225,6 +225,11 @@ def test_resume_stops_the_same_trials_as_an_uninterrupted_search(out, tmp_path):
     (["--mlflow-uri", "http://127.0.0.1:9"], "MLflow tracking server http://127.0.0.1:9 is unreachable"),
     (["--resume", "--name", "never-ran"], "nothing to resume"),
     (["--points", "/nonexistent.json"], "--points /nonexistent.json is not a readable JSON file"),
+    (["--budget-ms", "0"], "--budget-ms=0.0 is outside (0.0, inf)"),
+    (["--budget-ms", "1", "--objectives", "acc-gmacs"], "--budget-ms needs latency among the objectives"),
+    (["--budget-ms", "1", "--latency-threads", "2", "--cpus-per-trial", "1"], "--latency-threads=2 is outside"),
+    # measured: the smallest architecture the space builds, compiled as shipped (~10 s)
+    (["--budget-ms", "0.0001", "--cpus-per-trial", "1"], "is below the fastest configuration the space can build"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, words):
     out = tmp_path / "out"
@@ -236,6 +241,22 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, words):
     assert words in r.stderr, r.stderr[-2000:]
     assert len(r.stderr.strip().splitlines()) == 1 if "invalid choice" not in words else True
     assert not (out / "mlflow.db").exists() and not (out / "search").exists()
+
+
+def test_resume_of_a_latency_search_on_another_cpu_refuses(tmp_path):
+    """Latencies measured on one CPU model say nothing about another: --resume there is refused unless
+    --remeasure is given (checked before anything is measured or written)."""
+    out = tmp_path / "out"
+    folder = out / "search" / "other-cpu"
+    folder.mkdir(parents=True)
+    (folder / "search.json").write_text(json.dumps({"identity": {"latency_cpu": "Some Other CPU @ 1.0GHz"}}))
+    cmd = [sys.executable, "search/frontier.py", "--budget-ms", "5", "--profile", "smoke", "--dataset", "digits",
+           "--out-dir", str(out), "--space", str(LEAN), "--name", "other-cpu", "--resume"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+    assert "measured on 'Some Other CPU @ 1.0GHz'" in r.stderr and "--remeasure" in r.stderr
+    assert sorted(p.name for p in out.rglob("*")) == ["other-cpu", "search", "search.json"]
 
 
 def test_existing_search_needs_resume_or_a_new_name(out):
@@ -359,18 +380,28 @@ def test_baselines_train_every_row_with_the_same_settings(out, tmp_path):
 
 
 def test_latency_objective_front_and_hypervolume_over_three_objectives(out):
-    """--objectives acc-gmacs-latency: every trial records a latency and its backend; review computes
-    the front and the hypervolume over all three (one plot per objective against accuracy)."""
+    """--budget-ms (latency becomes an objective): every trial records its latency predicted before
+    training (within the budget) and measured after, at --latency-batch, with the backend; the parent
+    run says which machine; review computes the front and the hypervolume over all three objectives
+    (one plot per objective against accuracy). The budget is generous here: the projection itself is
+    tested with injected timings (test_latency_budget.py) and timed in benchmarks/latency_budget.py."""
     from analysis import review
+    from m2mdc.arch_latency import cpu_model
 
     frontier(out, "--name", "latency", "--space", str(LEAN), "--num-samples", "2", "--no-asha",
-             "--objectives", "acc-gmacs-latency")
+             "--budget-ms", "1000", "--latency-batch", "8")
     client, parents, children = mlflow_runs(out, "latency")
     assert parents[0].data.tags["objectives"] == "val_top1,gmacs,latency_ms"
     assert parents[0].data.metrics["teacher_latency_ms"] > 0
+    assert cpu_model() in parents[0].data.tags["latency_machine"] and "batch 8" in parents[0].data.tags[
+        "latency_machine"]
     done = [c for c in children if c.data.tags["status"] == "completed"]
     assert done and all(c.data.metrics["latency_ms"] > 0 and c.data.tags["latency_backend"] in
                         ("inductor", "eager-fallback") for c in done)
+    for c in done:
+        m = c.data.metrics
+        assert m["latency_batch"] == 8 and 0 < m["predicted_latency_ms"] <= 1000 and m["latency_measurements"] >= 1
+    assert list((out / "latency").rglob("*.json"))  # measurements cached for the next search on this machine
     search = review.load_search(client, "latency")
     assert search.objectives == ("val_top1", "gmacs", "latency_ms")
     _, front = review.pareto_table(search)

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHRINK = {"--dataset": "digits", "--data-dir": None, "--resolution": None, "--arch": "resnet18", "--archs": "resnet18",
           "--epochs": "2", "--teacher-epochs": "2", "--budget-gmacs": "0.02", "--pqd-epochs": "2", "--seeds": "0",
           "--k": "1", "--samples": "300", "--n": "1", "--kd-epochs": "1", "--steps-per-epoch": "2",
-          "--profile": "smoke", "--run-id": "{run_id}", "--teacher": "{teacher}", "--samplers": "tpe",
+          "--profile": "smoke", "--num-samples": "1", "--run-id": "{run_id}", "--teacher": "{teacher}", "--samplers": "tpe",
           "--out-dir": "{out}"}
 # what a tool needs added to stay small (only when the README does not set the flag itself)
 EXTRA = {"m2mdc.compress": ["--dataset", "digits", "--kd-epochs", "1", "--steps-per-epoch", "2", "--teacher-epochs", "2"],
@@ -31,11 +31,12 @@ EXTRA = {"m2mdc.compress": ["--dataset", "digits", "--kd-epochs", "1", "--steps-
          "benchmarks/data_pipeline.py": ["--batches", "3", "--repeats", "1"],
          "benchmarks/kd_epoch.py": ["--batches", "3", "--repeats", "1"], "benchmarks/mi_scoring.py": ["--repeats", "1"],
          "benchmarks/latency.py": ["--rounds", "1", "--repeats", "3", "--int8", "qat"],
+         "benchmarks/latency_budget.py": ["--space", "tests/data/space-lean.yaml", "--threads", "1"],
          "analysis/readme_results.py": ["--readme", "{readme}"]}  # a copy: the test never edits the README
 # commands whose whole path has its own end-to-end test on digits (the test named must exist)
 COVERED = {"analysis/baselines.py": "tests/test_frontier.py::test_baselines_train_every_row_with_the_same_settings",
            "analysis/proxy_rank.py": "tests/test_frontier.py::test_proxy_rank_retrains_spread_trials_at_both_budgets",
-           "analysis/pqd_ablation.py": "tests/test_pqd_ablation.py::test_six_orders_each_trained_as_its_order_for_"
+           "analysis/pqd_ablation.py": "tests/test_pqd_ablation.py::test_orders_each_trained_as_its_order_for_"
                                        "equal_epochs",
            "analysis/paper_table.py": "tests/test_paper_table.py::test_rows_are_mean_and_std_of_the_seed_runs"}
 FOLDER_FLAGS = ("--dataset", "folder")  # own-model commands keep their folder, shrunk to the test's
