@@ -378,6 +378,19 @@ BASELINES = {
 }
 
 
+def fastest_configs(params: dict) -> list[dict]:
+    """The fractions configurations with the fewest blocks and narrowest widths a space can build: its
+    largest block-prune ratio, every width at one channel per group, one per INT8 choice (a space that
+    samples QAT may ship either format, and at tiny widths INT8's quantise/dequantise overhead can make
+    it the slower one). ``params``: knob name -> spaces.Param (fixed value, range or choices)."""
+    def largest(p):
+        return p.high if p.low is not None else max(p.choices) if p.choices is not None else p.fixed
+    qat = params["qat"]
+    int8s = sorted({bool(c) for c in (qat.choices if qat.choices is not None else (qat.fixed,))})
+    return [{"prune_ratio": largest(params["prune_ratio"]), "planes_keep": 1e-6, "mid_keep": 1e-6, "qat": q}
+            for q in int8s]
+
+
 def channel_signals(recipe: str, values: dict[str, tuple]) -> set[str]:
     """The channel-score signals a search's trials may need from the teacher (``values``: the values
     each knob can take): the allocator values widths by the sampled signal, global ranking by group-L1."""

@@ -156,7 +156,7 @@ def check_latency_budget(a, space, cost, cache_dir=None):
     the space samples QAT. Measured here (two compiles, before any teacher training); returns the
     measurements (read from ``cache_dir`` when there), to keep once the search starts."""
     from m2mdc.arch_latency import ArchLatency
-    from m2mdc.compiler import compile_config, dry_target
+    from m2mdc.compiler import compile_config, dry_target, fastest_configs
 
     if space.mode != "fractions":
         raise UserError(f"--budget-ms needs a fractions space (its widths can be scaled onto the budget); "
@@ -164,16 +164,14 @@ def check_latency_budget(a, space, cost, cache_dir=None):
     target = dry_target(a.arch, cost.num_classes, cost.resolution)
     oracle = ArchLatency(target.adapter, cost.num_classes, cost.resolution, batch=a.latency_batch,
                          threads=a.latency_threads, cache_dir=cache_dir, write=False)
-    prune = space.params["prune_ratio"]
-    smallest = {"prune_ratio": prune.high if prune.sampled else prune.fixed, "planes_keep": 1e-6, "mid_keep": 1e-6}
-    qat = space.params["qat"]
-    int8s = sorted({bool(c) for c in (qat.choices if qat.choices is not None else (qat.fixed,))})
+    configs = fastest_configs(space.params)
     print(f"[latency] budget {a.budget_ms:g} ms at batch {a.latency_batch}, {a.latency_threads} thread(s); timing "
-          f"the fastest configuration the space can build ({'FP32 and INT8' if len(int8s) > 1 else 'one format'}, "
+          f"the fastest configuration the space can build ({'FP32 and INT8' if len(configs) > 1 else 'one format'}, "
           f"compiled as shipped) ...", flush=True)
     fastest = None
-    for int8 in int8s:
-        plan = compile_config({**smallest, "qat": int8}, target)
+    for config in configs:
+        plan = compile_config(config, target)
+        int8 = any(s["step"] == "qat" for s in plan.plan)
         t = oracle(plan.keep_cfg, int8)
         if fastest is None or t["ms"] < fastest[0]["ms"]:
             fastest = (t, int8, plan.gmacs)
