@@ -27,6 +27,7 @@ SOURCES = {
     "proxy-rank": ("proxy_rank/frontier-resnet18-cifar100-b0.02-v3/proxy_rank.md", []),
     "paper-table": ("paper_table/paper_table-cifar100.md", []),
     "pqd-ablation": ("pqd_ablation/resnet18-cifar100/pqd_ablation.md", []),
+    "latency-budget": ("benchmarks/latency_budget/latency-bench-bs64-v1/latency_budget.md", []),
 }
 MARK = re.compile(r"(<!-- result: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /result: (?P=name) -->)", re.S)
 
