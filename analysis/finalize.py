@@ -77,6 +77,11 @@ def check_search_setting(parent, a, experiment: str) -> None:
     params = parent.data.params
     if "dataset" not in params:
         return  # not written by search/frontier.py: members() has already refused it
+    if params.get("budget_ms", "None") != "None":
+        raise UserError(f"search {experiment!r} ran under a latency budget (--budget-ms {params['budget_ms']}): its "
+                        f"members' widths were fitted to latencies measured during the search, which re-training "
+                        f"from their configurations does not redo yet; ship a member's saved model instead "
+                        f"(python analysis/export.py --run-id RUN_ID)")
     def typed(k):
         v = params.get(k, "None")
         return None if v == "None" else _typed(v) if k not in ("teacher", "weights", "arch", "stem") else v

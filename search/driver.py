@@ -184,8 +184,9 @@ def run_search(req: SearchRequest) -> int:
                                       run_id=req.resume_meta and req.resume_meta.get("parent_run_id"))
         if req.resume_meta is None:
             log_search_inputs(tracker, parent, space, teacher)
-            write_json(exp_dir / "search.json", {"identity": req.identity, "parent_run_id": parent,
-                                                 "mlflow_uri": req.mlflow_uri})
+        # on resume too: a resume with --remeasure on another CPU now names this one
+        write_json(exp_dir / "search.json", {"identity": req.identity, "parent_run_id": parent,
+                                             "mlflow_uri": req.mlflow_uri})
         trainable = tune.with_resources(tune.with_parameters(compression_trial, shared=SharedSetup(setup)),
                                         trial_resources(req))
         reporter = CLIReporter(metric_columns={"val_top1": "val top-1", "gmacs": "GMACs", "epochs_done": "epochs"},

@@ -257,6 +257,9 @@ def test_resume_of_a_latency_search_on_another_cpu_refuses(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
     assert "measured on 'Some Other CPU @ 1.0GHz'" in r.stderr and "--remeasure" in r.stderr
     assert sorted(p.name for p in out.rglob("*")) == ["other-cpu", "search", "search.json"]
+    r = subprocess.run([*cmd, "--remeasure"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})  # past the CPU check, to the next one
+    assert r.returncode == 2 and "with different settings" in r.stderr and "latency_cpu" not in r.stderr, r.stderr
 
 
 def test_existing_search_needs_resume_or_a_new_name(out):
@@ -420,6 +423,16 @@ def test_latency_objective_front_and_hypervolume_over_three_objectives(out):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "objectives val_top1, gmacs, latency_ms" in r.stdout
     assert (out / "review" / "latency" / "frontier-latency_ms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_latency_budget_search_is_not_retrained_as_a_gmacs_one(out):
+    """Members of a --budget-ms search were width-fitted to latencies measured during the search; the
+    tools that re-train members from their configurations refuse rather than train other widths."""
+    r = subprocess.run([sys.executable, "analysis/finalize.py", "--experiment", "latency", "--dataset", "digits",
+                        "--epochs", "5", "--out-dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+    assert "ran under a latency budget (--budget-ms 1000.0)" in r.stderr
 
 
 def test_seeded_baselines_are_the_baselines_or_skipped_with_the_reason():
