@@ -106,9 +106,10 @@ def hypervolume_curve(search: Search) -> list[float]:
 
 def pareto_table(search: Search) -> tuple[str, list[dict]]:
     members = front(search)
-    cols = table_columns(search.objectives)
+    cols = table_columns(search.objectives, members)
     lines = [f"### {search.name}: {len(members)} Pareto of {len(search.finished)} finished "
-             f"({len(search.trials)} trials; budget {search.budget:g} GMACs; objectives "
+             f"({len(search.trials)} trials; budget {search.budget:g} GMACs"
+             f"{f' and {search.budget_ms:g} ms' if search.budget_ms is not None else ''}; objectives "
              f"{', '.join(search.objectives)})", "",
              "| trial | config | " + " | ".join(METRICS[c].label for c in cols) + " | MLflow run |",
              "|---|---|" + "---|" * len(cols) + "---|"]

@@ -83,8 +83,10 @@ def directions(names) -> list[str]:
     return [OBJECTIVES[n].direction for n in names]
 
 
-def table_columns(objectives) -> list[str]:
-    """The metric columns a results table shows: the objectives first, then test accuracy and sizes."""
+def table_columns(objectives, rows=()) -> list[str]:
+    """The metric columns a results table shows: the objectives first, then test accuracy and sizes; with
+    a latency budget (rows carry a prediction), the latency predicted before training and the batch."""
     rest = [n for n in ("test_top1", "params", "size_bytes", "latency_ms", "latency_backend", "int8") if
             n not in objectives]
-    return [*objectives, *rest]
+    budgeted = [n for n in ("predicted_latency_ms", "latency_batch") if any(r.get(n) is not None for r in rows)]
+    return [*objectives, *rest, *budgeted]

@@ -38,7 +38,7 @@ def front_of(rows: list[dict], objectives) -> list[dict]:
 
 
 def pareto_markdown(front: list[dict], objectives) -> str:
-    cols = table_columns(objectives)
+    cols = table_columns(objectives, front)
     lines = ["| trial | config | " + " | ".join(METRICS[c].label for c in cols) + " | MLflow run |",
              "|---|---|" + "---|" * len(cols) + "---|"]
     for r in sorted(front, key=lambda r: r["gmacs"] if r.get("gmacs") is not None else 0):
