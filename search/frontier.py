@@ -125,18 +125,18 @@ def project_point(point: dict, space, where: str) -> dict:
     return out
 
 
-def seeded_points(space) -> tuple[dict[str, dict], list[str]]:
-    """The baselines a user would otherwise run (m2mdc.compiler.BASELINES), as the search's first
-    trials: at an equal trial budget the front can then never be worse than them on val. A baseline
+def seeded_points(space, latency: bool = False) -> tuple[dict[str, dict], list[str]]:
+    """The baselines a user would otherwise run (m2mdc.compiler.BASELINES, and with a latency budget
+    LATENCY_BASELINES: the same pruning shipped as INT8), as the search's first trials: at an equal trial budget the front can then never be worse than them on val. A baseline
     the space cannot express (a value outside a knob's range or choices, or a knob the space fixes at
     another value) is not bent into a different configuration: it is skipped, and the reason returned."""
-    from m2mdc.compiler import BASELINES
+    from m2mdc.compiler import BASELINES, LATENCY_BASELINES
     from search.tracking import flat_config
 
     if space.mode != "fractions":
         return {}, [f"seeded baselines: none in a {space.mode!r} space (they are fractions configurations)"]
     points, skipped = {}, []
-    for name, cfg in BASELINES.items():
+    for name, cfg in {**BASELINES, **(LATENCY_BASELINES if latency else {})}.items():
         flat = flat_config(cfg)
         for knob, value in list(flat.items()):  # one value for a knob the space holds per stage
             if knob not in space.params and any(p.startswith(knob + "/") for p in space.params):
@@ -241,7 +241,7 @@ def main(argv=None):
     from spaces import load_space
 
     space = load_space(a.space or a.arch, arch=a.arch)
-    seeded, skipped = seeded_points(space) if a.seed_baselines else ({}, [])
+    seeded, skipped = seeded_points(space, latency=a.budget_ms is not None) if a.seed_baselines else ({}, [])
     given = _load_points(a.points, space)
     if len(given) > num_samples:
         raise UserError(f"--points holds {len(given)} configurations but --num-samples is {num_samples}; raise "

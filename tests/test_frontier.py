@@ -449,6 +449,12 @@ def test_seeded_baselines_are_the_baselines_or_skipped_with_the_reason():
     lean, skipped = seeded_points(load_space(str(LEAN), arch="resnet18"))
     assert list(lean) == ["M2M-DC at the budget"] and len(skipped) == 3
     assert any("signal='group_l1'" in s and "Torch-Pruning-like local" in s for s in skipped)
+    # under a latency budget the same pruning shipped as INT8 is a baseline too, where the space has QAT
+    timed, _ = seeded_points(load_space("resnet18", arch="resnet18"), latency=True)
+    assert list(timed) == [*BASELINES, "Torch-Pruning-like local + INT8 QAT"]
+    assert timed["Torch-Pruning-like local + INT8 QAT"]["qat"] is True
+    lean, skipped = seeded_points(load_space(str(LEAN), arch="resnet18"), latency=True)
+    assert any("INT8 QAT" in s and "qat=True" in s for s in skipped)
 
 
 def test_proxy_rank_retrains_spread_trials_at_both_budgets(out, tmp_path):
