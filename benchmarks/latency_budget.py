@@ -50,6 +50,8 @@ def build_parser() -> Parser:
                    "trial's fresh measurement (default 0.10)")
     p.add_argument("--space", default="resnet18", help="space of the search (default resnet18: FP32 and INT8)")
     p.add_argument("--name", default=None, help="search name (default latency-bench-bsB-<time>)")
+    p.add_argument("--search", default=None, help="check an existing latency-budget search of this name instead of "
+                   "running one (its budget, batch and threads; its trials re-timed in a fresh process)")
     p.add_argument("--out-dir", default=None, help="output root (default ./outputs)")
     p.add_argument("--remeasure", default=None, help=argparse_hidden())
     p.add_argument("--json", default=None, help=argparse_hidden())
@@ -100,31 +102,8 @@ def bounds(space_name: str, batch: int, threads: int, cache: Path):
     return fastest, full, (fast, whole)
 
 
-def fmt(t: dict | None) -> str:
-    return "" if not t else f"{t['ms']:.2f} ±{t['spread_pct']:.0f}%"
-
-
-@cli
-def main(argv=None):
-    a = build_parser().parse_args(argv)
-    if a.remeasure:  # the inner, fresh process
-        remeasure(Path(a.remeasure), a.latency_batch, a.threads, Path(a.json))
-        return 0
-    check_range("--num-samples", a.num_samples, 1, 10 ** 4)
-    check_range("--latency-batch", a.latency_batch, 1, 4096)
-    check_range("--threads", a.threads, 1, 1024)
-    check_range("--budget-at", a.budget_at, 0.0, 1.0, lo_open=True, hi_open=True)
-    check_range("--tolerance", a.tolerance, 0.0, 1.0)
-    if a.budget_ms is not None:
-        check_range("--budget-ms", a.budget_ms, 0.0, float("inf"), lo_open=True, hi_open=True)
-    from spaces import load_space
-
-    load_space(a.space)  # a bad --space is one line before anything is timed
-    root = out_root(a.out_dir)
-    name = a.name or f"latency-bench-bs{a.latency_batch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    folder = root / "benchmarks" / "latency_budget" / name
-    if folder.exists():
-        raise UserError(f"{folder} exists; pass another --name")
+def run_bench_search(a, root: Path, name: str):
+    """Steps 1-2: the bounds, the budget between them, and the smoke search under it."""
     print(f"[1/3] the fastest configuration of space {a.space!r} and the full model, batch {a.latency_batch}, "
           f"{a.threads} threads", flush=True)
     fastest, full, measured = bounds(a.space, a.latency_batch, a.threads, root / "latency")
@@ -146,7 +125,47 @@ def main(argv=None):
     search_s = time.perf_counter() - t0
     if r.returncode != 0:
         raise UserError(f"the search failed (exit {r.returncode}); its output above says why")
-    search_dir = root / "search" / name
+    return budget, fastest, full, search_s, root / "search" / name
+
+
+def fmt(t: dict | None) -> str:
+    return "" if not t else f"{t['ms']:.2f} ±{t['spread_pct']:.0f}%"
+
+
+@cli
+def main(argv=None):
+    a = build_parser().parse_args(argv)
+    if a.remeasure:  # the inner, fresh process
+        remeasure(Path(a.remeasure), a.latency_batch, a.threads, Path(a.json))
+        return 0
+    check_range("--num-samples", a.num_samples, 1, 10 ** 4)
+    check_range("--latency-batch", a.latency_batch, 1, 4096)
+    check_range("--threads", a.threads, 1, 1024)
+    check_range("--budget-at", a.budget_at, 0.0, 1.0, lo_open=True, hi_open=True)
+    check_range("--tolerance", a.tolerance, 0.0, 1.0)
+    if a.budget_ms is not None:
+        check_range("--budget-ms", a.budget_ms, 0.0, float("inf"), lo_open=True, hi_open=True)
+    from spaces import load_space
+
+    load_space(a.space)  # a bad --space is one line before anything is timed
+    root = out_root(a.out_dir)
+    if a.search:  # an existing latency-budget search: steps 1-2 are its own
+        search_dir = root / "search" / a.search
+        try:
+            identity = json.loads((search_dir / "search.json").read_text())["identity"]
+        except (OSError, ValueError, KeyError):
+            raise UserError(f"no search named {a.search} under {root / 'search'}; run search/frontier.py first") from None
+        if identity.get("budget_ms") is None or not (search_dir / "trials.csv").exists():
+            raise UserError(f"{a.search} is not a finished latency-budget search (search/frontier.py --budget-ms)")
+        budget, a.latency_batch, a.threads = identity["budget_ms"], identity["latency_batch"], identity["latency_threads"]
+        fastest = full = search_s = None
+        folder = root / "benchmarks" / "latency_budget" / (a.name or f"recheck-{a.search}")
+    else:
+        name = a.name or f"latency-bench-bs{a.latency_batch}-{time.strftime('%Y%m%d-%H%M%S')}"
+        folder = root / "benchmarks" / "latency_budget" / name
+        if folder.exists():
+            raise UserError(f"{folder} exists; pass another --name")
+        budget, fastest, full, search_s, search_dir = run_bench_search(a, root, name)
     with open(search_dir / "trials.csv") as f:
         trials = {row["trial_id"]: row for row in csv.DictReader(f)}
     done = {k: v for k, v in trials.items() if v["status"] == "completed"}
@@ -189,10 +208,13 @@ def main(argv=None):
                               f"{100 * (1 - best['fresh_ms'] / budget):+.1f} % under the budget (target <= "
                               f"{100 * UNDER:.0f} %): {'PASS' if best_ok else 'FAIL'}") if best else "no trial",
     }
+    took = f"search {search_s / 60:.1f} min " if search_s is not None else f"search {a.search} "
+    bounds_line = (f"Budget {budget:g} ms (fastest buildable {fmt(fastest)} ms, full model {fmt(full)} ms)."
+                   if fastest else f"Budget {budget:g} ms (the search's).")
     lines = [f"Command: `python benchmarks/latency_budget.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
-             "", f"Machine: {machine_line(a.threads)}; batch {a.latency_batch}; search {search_s / 60:.1f} min "
+             "", f"Machine: {machine_line(a.threads)}; batch {a.latency_batch}; {took}"
              f"({len(done)} finished, {len(infeasible)} rejected before training as over the budget).", "",
-             f"Budget {budget:g} ms (fastest buildable {fmt(fastest)} ms, full model {fmt(full)} ms).", "",
+             bounds_line, "",
              "| trial | INT8 | val top-1 | GMACs | sampled (ms) | width scale | predicted (ms) | in trial (ms) | "
              "fresh process (ms) | error | fit: timings, s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r_ in sorted(rows, key=lambda r_: r_["predicted_ms"]):

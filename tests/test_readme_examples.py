@@ -79,7 +79,7 @@ def shrink(cmd: str, fixtures: dict) -> list[str]:
                 new = fixtures["folder"]
             elif own_model and tok == "--resolution":
                 new = "32"
-            elif tok == "--experiment" or tok == "--name":
+            elif tok in ("--experiment", "--name", "--search"):
                 new = val.replace("cifar100", "digits")
             else:
                 new = SHRINK.get(tok, val)
