@@ -18,6 +18,7 @@ under the budget (the projection is not over-cautious). Writes OUT/benchmarks/la
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import statistics
@@ -53,15 +54,9 @@ def build_parser() -> Parser:
     p.add_argument("--search", default=None, help="check an existing latency-budget search of this name instead of "
                    "running one (its budget, batch and threads; its trials re-timed in a fresh process)")
     p.add_argument("--out-dir", default=None, help="output root (default ./outputs)")
-    p.add_argument("--remeasure", default=None, help=argparse_hidden())
-    p.add_argument("--json", default=None, help=argparse_hidden())
+    p.add_argument("--remeasure", default=None, help=argparse.SUPPRESS)  # the inner, fresh process
+    p.add_argument("--json", default=None, help=argparse.SUPPRESS)
     return p
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 def remeasure(search_dir: Path, batch: int, threads: int, json_path: Path) -> None:

@@ -13,6 +13,7 @@ unless told to re-measure (search/frontier.py).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -40,6 +41,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.cache  # read once per process: it is part of every cache key and entry
 def machine() -> dict:
     """What a latency measurement depends on besides the model: CPU model, CPUs, torch version."""
     return {"cpu": cpu_model(), "cpus": os.cpu_count() or 1, "torch": torch.__version__.split("+")[0]}
