@@ -29,6 +29,11 @@ from .io import write_json
 
 Timer = Callable[[dict, bool], dict]  # (keep_cfg, int8) -> {"ms", "spread_pct", "backend", ...}
 
+# Rounds of timing a search's latencies take (the quietest is kept), before and after training alike, so
+# predicted and measured figures are the same statistic. One round read 12-33 % high on some CIFAR
+# predictions timed while the search's driver shared the two cores (README, latency budget).
+QUIET_ROUNDS = 5
+
 
 def cpu_model() -> str:
     """The CPU's model name (what a latency figure refers to), e.g. 'Intel(R) Xeon(R) Platinum 8581C CPU'."""
@@ -67,6 +72,7 @@ class ArchLatency:
     timer: Timer | None = None
     write: bool = True
     repeats: int = 30
+    rounds: int = QUIET_ROUNDS  # the quietest of these rounds of ``repeats`` is kept (m2mdc.latency.time_forward)
     measured: int = 0  # measurements taken (cache misses) by this instance
     seconds: float = 0.0  # wall time they took (builds, compiles, timing)
     memo: dict = field(default_factory=dict)  # key -> latency
@@ -74,7 +80,8 @@ class ArchLatency:
 
     def signature(self, keep_cfg: dict, int8: bool) -> dict:
         return {"arch": self.adapter.arch, "num_classes": self.num_classes, "resolution": self.resolution,
-                "keep_cfg": keep_cfg, "int8": bool(int8), "batch": self.batch, "threads": self.threads}
+                "keep_cfg": keep_cfg, "int8": bool(int8), "batch": self.batch, "threads": self.threads,
+                "rounds": self.rounds}
 
     def _path(self, key: str) -> Path | None:
         if self.cache_dir is None:
@@ -126,7 +133,7 @@ class ArchLatency:
         if int8:
             model = untrained_int8(model, self.resolution, self.adapter.arch)
         return shipped_latency(model, self.resolution, int8, batch=self.batch, threads=self.threads,
-                               repeats=self.repeats)
+                               repeats=self.repeats, rounds=self.rounds)
 
 
 def untrained_int8(model: torch.nn.Module, resolution: int, name: str) -> torch.nn.Module:

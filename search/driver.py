@@ -90,10 +90,11 @@ def build_setup(req: SearchRequest, device):
         ch_scores[signal]
     teacher = {k: t.get(k) for k in ("val_top1", "test_top1", "params", "gmacs", "size_bytes")}
     if "latency_ms" in req.objectives:
+        from m2mdc.arch_latency import QUIET_ROUNDS
         from m2mdc.latency import format_ms, shipped_latency
 
         lat = shipped_latency(ctx.teacher, req.ds.resolution, int8=False, batch=a.latency_batch,
-                              threads=a.latency_threads)
+                              threads=a.latency_threads, rounds=QUIET_ROUNDS)
         teacher.update(latency_ms=lat["ms"], latency_backend=lat["backend"])
         print(f"[teacher] latency {format_ms(lat)} at batch {a.latency_batch} ({lat['backend']}, "
               f"{a.latency_threads} threads)", flush=True)

@@ -196,10 +196,11 @@ def run_trial(config: dict, setup: SearchSetup, report=_report, out_dir: Path | 
         if export_error:
             final["export_error"] = export_error
     if setup.measure_latency:
+        from m2mdc.arch_latency import QUIET_ROUNDS
         from m2mdc.latency import shipped_latency
 
         t = shipped_latency(model, ctx.ds.resolution, record["int8"], batch=setup.latency_batch,
-                            threads=setup.latency_threads or setup.threads)
+                            threads=setup.latency_threads or setup.threads, rounds=QUIET_ROUNDS)
         final.update(latency_ms=t["ms"], latency_spread_pct=t["spread_pct"], latency_backend=t["backend"],
                      latency_batch=setup.latency_batch)
     if out_dir is not None:

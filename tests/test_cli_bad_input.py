@@ -166,7 +166,8 @@ BENCHMARKS = {
     "benchmarks/latency_budget.py": [
         (["--num-samples", "0"], "--num-samples=0 is outside"), (["--space", "{missing}"], "space"),
         (["--budget-ms", "0.0001", "--threads", "1", "--space", "tests/data/space-lean.yaml"],
-         "is below the fastest configuration the space can build")],
+         "is below the fastest configuration the space can build"),
+        (["--report", "nope"], "no saved benchmark named nope")],
     "benchmarks/search_overhead.py": [
         (["--dataset", "cifar10", "--n", "1", "--out-dir", "{offline}-o"], "could not be downloaded"),
         (["--n", "0"], "--n"), (["--budget-gmacs", "0.000001"], "below the smallest")],
