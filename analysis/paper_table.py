@@ -77,8 +77,9 @@ def differences(report: dict) -> list[str]:
     nc = report["num_classes"]
     out = [teacher,
            f"KD: {report['kd_epochs']} epoch(s) per repair{steps} here; the paper's recipe is T = 5 full epochs.",
-           f"Seeds: {len(report['seeds'])} seed(s) vary the KD repairs (batch order, augmentation); one teacher and one "
-           f"MI ranking are shared by all seeds. The paper's seeds may also retrain the teacher.",
+           "Seeds: " + ", ".join(f"{len(arch_seeds(report, arch))} for {arch}" for arch in report["archs"]) +
+           " (a seed varies the KD repairs: batch order, augmentation); one teacher and one MI ranking per "
+           "architecture are shared by its seeds. The paper's seeds may also retrain the teacher.",
            f"Student size: the paper's keep fractions are not in its abstract; here {size}.",
            f"Parameters: the paper's ResNet-18/34 counts match a 10-class head (teacher 11.18M / 21.29M); ours have a "
            f"{nc}-class head" + (", so both are listed (" + f"{nc} / 10 classes)." if nc != 10 else "."),
@@ -253,7 +254,7 @@ def main(argv=None):
                 stages[label] = {"val_top1": [g["val_top1"] for g in got], "test_top1": [g["test_top1"] for g in got],
                                  "params": got[0]["params"], "gmacs": got[0]["gmacs"],
                                  "params_10": got[0]["params_10"]}
-        entry = {"fractions": fractions, "shares": shares, "stages": stages,
+        entry = {"fractions": fractions, "shares": shares, "stages": stages, "seeds": seeds,
                  "teacher_train_minutes": (t.get("train_seconds") or 0) / 60 or None,
                  "seed_train_minutes": [x / 60 if x else None for x in seconds]}
         if controls:
@@ -276,7 +277,8 @@ def main(argv=None):
     return 0
 
 
-SETTINGS = ("source", "dataset", "num_classes", "resolution", "seeds", "kd_epochs", "steps_per_epoch", "teacher", "size")
+# what must match for two calls to share a table; seeds may differ (each architecture lists its own)
+SETTINGS = ("source", "dataset", "num_classes", "resolution", "kd_epochs", "steps_per_epoch", "teacher", "size")
 
 
 def merged_with_earlier(report: dict, path: Path) -> dict:
@@ -288,7 +290,8 @@ def merged_with_earlier(report: dict, path: Path) -> dict:
     if any(earlier.get(k) != report.get(k) for k in SETTINGS):
         print(f"[paper] {path.name} was made with other settings: replaced, not merged", flush=True)
         return report
-    kept = {arch: e for arch, e in earlier["archs"].items() if arch not in report["archs"]}
+    kept = {arch: {"seeds": earlier.get("seeds"), **e} for arch, e in earlier["archs"].items()
+            if arch not in report["archs"]}
     return {**report, "archs": {**kept, **report["archs"]}}
 
 
@@ -299,6 +302,11 @@ def teacher_summary(source) -> dict:
         return {"source": "file", "file": source.path, "sha256": source.sha256}
     return {"source": "scratch" if source.weights == "none" else "finetune", "weights": source.weights,
             "epochs": source.epochs}
+
+
+def arch_seeds(report: dict, arch: str) -> list[int]:
+    """The seeds an architecture's rows are over (reports before per-architecture seeds: the report's)."""
+    return report["archs"][arch].get("seeds") or report["seeds"]
 
 
 def _minutes(m) -> str:
@@ -333,8 +341,9 @@ def render(report: dict) -> str:
             c = r["control"]
             lines.append(f"| {arch} | {CONTROL} | | {mean_std(c['test_top1'])} | {mean_std(c['val_top1'])} | | "
                          f"{c['params'] / 1e6:.2f}M / {c['params_10'] / 1e6:.2f}M | | {c['gmacs']:.4f} |")
-    lines += ["", f"Here: {report['dataset']}, mean ± sample std over seeds {report['seeds']}; selection on val, "
-              f"test reported. Paper: {SOURCE}."]
+    seeds = "; ".join(f"{arch} {','.join(map(str, arch_seeds(report, arch)))}" for arch in report["archs"])
+    lines += ["", f"Here: {report['dataset']}, mean ± sample std over each architecture's seeds ({seeds}); "
+              f"selection on val, test reported. Paper: {SOURCE}."]
     for arch, r in report["archs"].items():
         if "student_minus_teacher" in r:
             lines.append(f"{arch}: final student minus its teacher, test top-1: {mean_std(r['student_minus_teacher'])} "

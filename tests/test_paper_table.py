@@ -86,8 +86,8 @@ def test_a_later_call_for_another_arch_completes_the_same_table(report, tmp_path
     """One table per dataset over several calls: an earlier architecture stays, with its own command."""
     out, rep = report
     path = out / "paper_table" / "paper_table-digits.json"
-    fake = {**rep, "archs": {"resnet34": {**rep["archs"]["resnet18"], "command": "python analysis/paper_table.py "
-                                          "--archs resnet34"}}}
+    older = {k: v for k, v in rep["archs"]["resnet18"].items() if k != "seeds"}  # before per-architecture seeds
+    fake = {**rep, "archs": {"resnet34": {**older, "command": "python analysis/paper_table.py --archs resnet34"}}}
     merged = paper_table.merged_with_earlier({**rep, "archs": {"resnet18": rep["archs"]["resnet18"]}}, path)
     assert list(merged["archs"]) == ["resnet18"]
     path2 = tmp_path / "paper_table-digits.json"
@@ -95,6 +95,12 @@ def test_a_later_call_for_another_arch_completes_the_same_table(report, tmp_path
     merged = paper_table.merged_with_earlier(rep, path2)
     assert set(merged["archs"]) == {"resnet18", "resnet34"}
     assert "Command (resnet34): `python analysis/paper_table.py --archs resnet34`" in paper_table.render(merged)
-    other = {**fake, "seeds": [7]}  # other settings: not merged
+    fewer = {**fake, "seeds": [7]}  # other seeds: still one table, each architecture says its own
+    path2.write_text(json.dumps(fewer))
+    merged = paper_table.merged_with_earlier(rep, path2)
+    assert set(merged["archs"]) == {"resnet18", "resnet34"}
+    text = paper_table.render(merged)
+    assert "each architecture's seeds (resnet34 7; resnet18 0,1)" in text and "1 for resnet34, 2 for resnet18" in text
+    other = {**fake, "kd_epochs": 9}  # other settings: not merged
     path2.write_text(json.dumps(other))
     assert set(paper_table.merged_with_earlier(rep, path2)["archs"]) == {"resnet18"}
