@@ -125,3 +125,44 @@ def test_global_ranking_keeps_different_fractions_per_stage_and_meets_the_budget
     for k, w in got.items():  # the widths are what one global threshold keeps (at least one channel each)
         assert w == max(1, int((norm[k] >= threshold).sum())), k
     assert all(s["signal"] == "group_l1" for s in tp.plan if s["step"] == "widths")
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), budget=st.floats(0.008, 0.03))
+def test_width_local_space_trains_full_depth_one_shot_group_l1_plans(data, budget):
+    """spaces/width-local.yaml, the neighbourhood of the Torch-Pruning-like baselines: every configuration
+    it can sample keeps every block, prunes channels by group-L1 and trains one repair carrying both edits'
+    epochs, so its trials differ in width allocation, ranking scope and KD loss, never in training; its
+    seeded trials are exactly the two Torch-Pruning-like baselines (the others are named as skipped)."""
+    torch = pytest.importorskip("torch")
+    from search.frontier import seeded_points
+    from spaces import load_space
+
+    space = load_space("width-local", arch="resnet18")
+    points, skipped = seeded_points(space)
+    assert set(points) == {"Torch-Pruning-like local", "Torch-Pruning-like global"}
+    assert len(skipped) == 2 and all("skipped" in s for s in skipped)
+    cfg: dict = {}
+    for name, p in space.params.items():
+        if not p.sampled:
+            value = p.fixed
+        elif p.choices is not None:
+            value = data.draw(st.sampled_from(p.choices), label=name)
+        else:
+            value = data.draw(st.floats(p.low, p.high), label=name)
+        head, _, stage = name.partition("/")
+        if stage:
+            cfg.setdefault(head, {})[stage] = value
+        else:
+            cfg[name] = value
+    gen = torch.Generator().manual_seed(5)
+    scores = {g: torch.rand(w, generator=gen) for g, w in ADAPTER.group_widths(TEACHER).items()
+              if g.split(":")[0] in ("planes", "mid", "mid2")}
+    tp = compile_config(cfg, Target(ADAPTER, TEACHER, COST, SCORES, {"group_l1": scores}), budget_gmacs=budget,
+                        training=KD)
+    assert tp.feasible and tp.gmacs <= budget and COST.gmacs(tp.keep_cfg) == tp.gmacs
+    kept = {ADAPTER.block_name(s, i) for s, idx in tp.keep_cfg["blocks"].items() for i in idx}
+    assert kept == set(ADAPTER.blocks(TEACHER))
+    assert [s["step"] for s in tp.plan] == ["widths", "widths", "kd"]
+    assert all(s["signal"] == "group_l1" for s in tp.plan if s["step"] == "widths")
+    assert tp.plan[-1]["epochs"] == 2 * KD["epochs"]
