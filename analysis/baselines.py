@@ -17,6 +17,7 @@ the same KD settings, BN recalibration after every structural edit):
 * **search best**: the finalized member of ``--experiment`` with the highest mean val (analysis/
   finalize.py: the K Pareto members nearest the budget, re-trained from the teacher), with the
   common KD settings, and again with its own sampled KD settings (a separate, labelled row);
+  ``--experiment`` may repeat (two searches of different spaces), each adding its own two rows;
 * **PQD at full width** (prune 50% -> QAT -> KD, INT8) and **Torch-Pruning + QAT** (INT8): latency
   rows, short budget only.
 
@@ -178,7 +179,8 @@ def main(argv=None):
 
     p = Parser(prog="python analysis/baselines.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--budget-gmacs", type=float, required=True)
-    p.add_argument("--experiment", default=None, help="a frontier search whose finalized best joins the table")
+    p.add_argument("--experiment", action="append", default=[],
+                   help="a frontier search whose finalized best joins the table (repeat it to compare searches)")
     p.add_argument("--k", type=int, default=2, help="Pareto members nearest the budget to finalize (default 2)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--budgets", default="short,long", help=f"comma-separated, of {', '.join(BUDGETS)}")
@@ -203,12 +205,15 @@ def main(argv=None):
 
     root = out_root(a.out_dir)
     client = None
+    if len(set(a.experiment)) < len(a.experiment):
+        raise UserError(f"--experiment repeats a search ({', '.join(a.experiment)}); name each once")
     if a.experiment:
         from analysis.finalize import check_search_setting, members
 
         client = open_search_store(a.mlflow_uri, root)
-        parent, _ = members(client, a.experiment, a.budget_gmacs, a.k)  # a wrong experiment fails before training
-        check_search_setting(parent, a, a.experiment)
+        for experiment in a.experiment:  # a wrong experiment fails before anything trains
+            parent, _ = members(client, experiment, a.budget_gmacs, a.k)
+            check_search_setting(parent, a, experiment)
     source, ds = teacher_and_data(a)
     ctx = prepare_context(a.arch, ds, source, pick_device(a.device), a.out_dir)
     target = target_of(ctx)
@@ -225,10 +230,10 @@ def main(argv=None):
                 if wanted(run.row):
                     print(f"[baselines] {run.row}: {b} budget, seed {seed}", flush=True)
                     rows.setdefault(run.row, []).append(execute(run, ctx, target, a.budget_gmacs, folder, models))
-    if client is not None and wanted("search best"):
-        summaries = finalize(client, a.experiment, ctx, target, a.budget_gmacs, a.k, seeds, budgets, models=models)
+    for experiment in a.experiment if wanted("search best") else []:
+        summaries = finalize(client, experiment, ctx, target, a.budget_gmacs, a.k, seeds, budgets, models=models)
         best = best_member(summaries, budgets[-1])
-        rows[f"search best: finalized trial {best['trial_id']} of {a.experiment}"] = best["results"]
+        rows[f"search best: finalized trial {best['trial_id']} of {experiment}"] = best["results"]
         tuned = []
         for b in budgets:
             for seed in seeds:

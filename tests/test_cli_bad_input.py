@@ -81,6 +81,7 @@ CASES = {
         (["--budget-gmacs", "0.02", "--budgets", "medium"], "--budgets 'medium': choose from short, long"),
         (["--budget-gmacs", "0"], "--budget-gmacs=0.0 is outside"),
         (["--budget-gmacs", "0.02", "--seeds", "0,1", "--int8-seeds", "2"], "must be among --seeds"),
+        (["--budget-gmacs", "0.02", "--experiment", "a", "--experiment", "a"], "--experiment repeats a search"),
     ],
     "analysis.finalize": [
         (["--experiment", "nope", "--mlflow-uri", "{store}"], "no MLflow experiment named 'nope'"),
