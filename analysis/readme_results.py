@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 # marker name -> (markdown file under the output root, plots beside it to show)
 SOURCES = {
     "frontier-resnet18": ("review/frontier-resnet18-cifar100-b0.02-v3/pareto.md", ["frontier.png"]),
+    "frontier-resnet18-width": ("review/frontier-resnet18-cifar100-b0.02-width/pareto.md", ["frontier.png"]),
     "frontier-mobilenet_v2": ("review/frontier-mobilenet_v2-cifar100-b0.0186/pareto.md", ["frontier.png"]),
     "baselines-resnet18": ("baselines/resnet18-cifar100-b0.02/baselines.md", ["baselines.png", "baselines-latency.png",
                                                                         "baselines-throughput.png"]),
