@@ -135,6 +135,7 @@ def test_width_local_space_trains_full_depth_one_shot_group_l1_plans(data, budge
     epochs, so its trials differ in width allocation, ranking scope and KD loss, never in training; its
     seeded trials are exactly the two Torch-Pruning-like baselines (the others are named as skipped)."""
     torch = pytest.importorskip("torch")
+    from analysis.finalize import config_of
     from search.frontier import seeded_points
     from spaces import load_space
 
@@ -142,19 +143,10 @@ def test_width_local_space_trains_full_depth_one_shot_group_l1_plans(data, budge
     points, skipped = seeded_points(space)
     assert set(points) == {"Torch-Pruning-like local", "Torch-Pruning-like global"}
     assert len(skipped) == 2 and all("skipped" in s for s in skipped)
-    cfg: dict = {}
-    for name, p in space.params.items():
-        if not p.sampled:
-            value = p.fixed
-        elif p.choices is not None:
-            value = data.draw(st.sampled_from(p.choices), label=name)
-        else:
-            value = data.draw(st.floats(p.low, p.high), label=name)
-        head, _, stage = name.partition("/")
-        if stage:
-            cfg.setdefault(head, {})[stage] = value
-        else:
-            cfg[name] = value
+    flat = {name: p.fixed if not p.sampled else data.draw(
+        st.sampled_from(p.choices) if p.choices is not None else st.floats(p.low, p.high), label=name)
+        for name, p in space.params.items()}
+    cfg = config_of(flat)  # knob/stage names nest, as a trial's MLflow params do
     gen = torch.Generator().manual_seed(5)
     scores = {g: torch.rand(w, generator=gen) for g, w in ADAPTER.group_widths(TEACHER).items()
               if g.split(":")[0] in ("planes", "mid", "mid2")}
