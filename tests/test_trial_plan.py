@@ -131,8 +131,9 @@ def test_global_ranking_keeps_different_fractions_per_stage_and_meets_the_budget
 @given(data=st.data(), budget=st.floats(0.008, 0.03))
 def test_width_local_space_trains_full_depth_one_shot_group_l1_plans(data, budget):
     """spaces/width-local.yaml, the neighbourhood of the Torch-Pruning-like baselines: every configuration
-    it can sample keeps every block, prunes channels by group-L1 and trains one repair carrying both edits'
-    epochs, so its trials differ in width allocation, ranking scope and KD loss, never in training; its
+    it can sample keeps every block, prunes channels by group-L1 and trains one repair carrying every edit's
+    epochs (both edits whenever the budget projects the widths, as at 0.02 GMACs), so its trials differ in
+    width allocation, ranking scope and KD loss, not in training; its
     seeded trials are exactly the two Torch-Pruning-like baselines (the others are named as skipped)."""
     torch = pytest.importorskip("torch")
     from analysis.finalize import config_of
@@ -155,6 +156,8 @@ def test_width_local_space_trains_full_depth_one_shot_group_l1_plans(data, budge
     assert tp.feasible and tp.gmacs <= budget and COST.gmacs(tp.keep_cfg) == tp.gmacs
     kept = {ADAPTER.block_name(s, i) for s, idx in tp.keep_cfg["blocks"].items() for i in idx}
     assert kept == set(ADAPTER.blocks(TEACHER))
-    assert [s["step"] for s in tp.plan] == ["widths", "widths", "kd"]
-    assert all(s["signal"] == "group_l1" for s in tp.plan if s["step"] == "widths")
-    assert tp.plan[-1]["epochs"] == 2 * KD["epochs"]
+    edits = [s for s in tp.plan if s["step"] == "widths"]
+    # planes and mid each cut once; a width the configuration leaves whole (keep 1.0, under the budget) is no edit
+    assert [s["step"] for s in tp.plan] == ["widths"] * len(edits) + ["kd"] and 1 <= len(edits) <= 2
+    assert all(s["signal"] == "group_l1" for s in edits)
+    assert tp.plan[-1]["epochs"] == len(edits) * KD["epochs"]
