@@ -12,6 +12,8 @@ the same KD settings, BN recalibration after every structural edit):
 * **Torch-Pruning local / global**: the Torch-Pruning library's group-L1 pruning (one uniform ratio
   per layer, or its global ranking), the head kept, bisected to the budget, then the same repair
   (the teacher features it keeps are read from its pruning history, so feature alignment is ours);
+  and its local pruning with group Taylor importance (the cross-entropy gradient on the 5,000-image
+  probe set), the data-aware ranking a Torch-Pruning user would try next;
 * **M2M-DC at the budget**: the paper's recipe (MI block pruning at ratio 0.5, planes, mid, a repair
   after each) with its widths scaled to the budget;
 * **search best**: the finalized member of ``--experiment`` with the highest mean val (analysis/
@@ -41,11 +43,13 @@ from m2mdc.io import ensure_writable, out_root, write_json, write_text
 from analysis.study import BUDGETS, FIXED_KD, Run, execute, machine, mean_std, results_root
 
 
-def torch_pruning_student(teacher, adapter, budget: float, resolution: int, global_pruning: bool = False):
-    """Torch-Pruning group-L1 pruning (one uniform ratio per layer, or its global ranking), bisected to
-    the largest model within budget. Returns (student, kept teacher phi channels, ratio). The adapter
-    names the head (kept whole) and the channel group that feeds it, whose pruned indices the history
-    records."""
+def torch_pruning_student(teacher, adapter, budget: float, resolution: int, global_pruning: bool = False,
+                          grads: dict | None = None):
+    """Torch-Pruning pruning (one uniform ratio per layer, or its global ranking), bisected to the
+    largest model within budget: group-L1 importance, or group Taylor when ``grads`` (module name ->
+    the teacher's weight gradient of the probe loss, ``m2mdc.slicing.loss_gradients``) are given.
+    Returns (student, kept teacher phi channels, ratio). The adapter names the head (kept whole) and
+    the channel group that feeds it, whose pruned indices the history records."""
     import torch_pruning as tp
 
     from m2mdc import metrics
@@ -54,8 +58,15 @@ def torch_pruning_student(teacher, adapter, budget: float, resolution: int, glob
 
     def prune(ratio):
         m = copy.deepcopy(teacher).cpu().eval()
+        if grads is None:
+            importance = tp.importance.GroupMagnitudeImportance(p=1)
+        else:  # Torch-Pruning's Taylor reads .grad; every bisection step prunes a fresh copy
+            importance = tp.importance.GroupTaylorImportance()
+            for name, mod in m.named_modules():
+                if name in grads:
+                    mod.weight.grad = grads[name].detach().cpu().clone()
         pruner = tp.pruner.MetaPruner(m, torch.zeros(1, 3, resolution, resolution),
-                                      importance=tp.importance.GroupMagnitudeImportance(p=1), pruning_ratio=ratio,
+                                      importance=importance, pruning_ratio=ratio,
                                       ignored_layers=[m.get_submodule(head)], global_pruning=global_pruning,
                                       iterative_steps=1)
         pruner.step()
@@ -93,6 +104,8 @@ def baseline_runs(budget: str, seed: int, int8_seeds: list[int] | None = None) -
 
     runs = [Run("uniform width (|BN gamma|, one repair)", "config", budget, seed, config=BASELINES["uniform width"]),
             Run("Torch-Pruning local (group-L1, one ratio)", "torch-pruning", budget, seed),
+            Run("Torch-Pruning local (group Taylor, one ratio)", "torch-pruning", budget, seed,
+                tp_importance="group_taylor"),
             Run("Torch-Pruning global (group-L1, global ranking)", "torch-pruning", budget, seed, tp_global=True),
             Run("M2M-DC paper recipe at the budget", "config", budget, seed, config=BASELINES["M2M-DC at the budget"])]
     if budget == "short" and (int8_seeds is None or seed in int8_seeds):

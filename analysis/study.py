@@ -51,9 +51,13 @@ class Run:
     tp_global: bool = False  # torch-pruning: one global ranking instead of one ratio per layer
     qat: bool = False  # torch-pruning: then INT8 QAT with KD under fake-quant (half the epochs each)
     tuned_kd: bool = False  # keep the configuration's own KD knobs instead of FIXED_KD
+    tp_importance: str = "group_l1"  # torch-pruning: group_l1 (magnitude) or group_taylor (probe CE gradient)
 
     def key(self, teacher_sha: str, budget_gmacs: float) -> str:
-        return stable_hash({**asdict(self), "teacher": teacher_sha, "budget_gmacs": budget_gmacs,
+        fields = asdict(self)
+        if fields["tp_importance"] == "group_l1":  # the default before the field existed: saved keys stay valid
+            del fields["tp_importance"]
+        return stable_hash({**fields, "teacher": teacher_sha, "budget_gmacs": budget_gmacs,
                             "budgets": BUDGETS[self.budget], "fixed_kd": None if self.tuned_kd else FIXED_KD,
                             "version": 1}, 12)
 
@@ -129,8 +133,16 @@ def execute(run: Run, ctx, target, budget_gmacs: float, folder: Path, models: Pa
 
         from analysis.baselines import torch_pruning_student
 
+        grads = None
+        if run.tp_importance == "group_taylor":
+            from m2mdc.data import probe_loader
+            from m2mdc.slicing import loss_gradients
+
+            grads = loss_gradients(ctx.teacher, probe_loader(ctx.ds, ctx.device, max_samples=5000))
+        elif run.tp_importance != "group_l1":
+            raise ValueError(f"unknown Torch-Pruning importance {run.tp_importance!r}")
         student, keep, ratio = torch_pruning_student(ctx.teacher, ctx.adapter, budget_gmacs, ctx.ds.resolution,
-                                                     global_pruning=run.tp_global)
+                                                     global_pruning=run.tp_global, grads=grads)
         student = student.to(ctx.device)
         recalibrate_bn(student, Loader(ctx.ds.train, 128, ctx.device, shuffle=True, resolution=ctx.ds.resolution,
                                        seed=1), batches=50)

@@ -34,7 +34,7 @@ from .knobs import KNOBS, knob_for, resolve, step_settings
 from .models.base import Adapter
 from .presets import PQD_EPOCHS, PQD_ORDERS, PQD_SPARSITY, PQD_SPLIT, PRESETS, m2mdc_plan, pqd_plan
 from .prune_blocks import keep_blocks_after, select_blocks_to_prune
-from .slicing import SIGNALS, keep_width
+from .slicing import PROBE_SIGNALS, SIGNALS, keep_width
 from .steps import plan_reports, validate_plan
 
 RECIPES = ("fractions", "allocator", *PRESETS)
@@ -74,7 +74,7 @@ class ChannelScores(dict):
 
         ctx = self.ctx
         groups = [g for g in ctx.adapter.group_widths(ctx.teacher) if g.split(":")[0] in ("planes", "mid", "mid2")]
-        probe = probe_loader(ctx.ds, ctx.device, max_samples=self.probe_samples) if signal == "mi" else None
+        probe = probe_loader(ctx.ds, ctx.device, max_samples=self.probe_samples) if signal in PROBE_SIGNALS else None
         self[signal] = channel_scores(ctx.teacher, ctx.adapter, groups, signal, probe, self.bins)
         return self[signal]
 

@@ -358,13 +358,15 @@ def test_baselines_train_every_row_with_the_same_settings(out, tmp_path):
     results = tmp_path / "results"
     r = subprocess.run([sys.executable, "analysis/baselines.py", "--budget-gmacs", str(BUDGET), "--dataset", "digits",
                         "--epochs", "5", "--experiment", "failing", "--k", "1", "--seeds", "0", "--budgets", "short",
-                        "--only", "uniform,global,M2M-DC,search", "--out-dir", str(out)], cwd=REPO, capture_output=True,
+                        "--only", "uniform,global,Taylor,M2M-DC,search", "--out-dir", str(out)], cwd=REPO, capture_output=True,
                        text=True, timeout=1500, env={**os.environ, "M2MDC_RESULTS_DIR": str(results)})
     assert r.returncode == 0, r.stderr[-3000:]
     folder = out / "baselines" / "resnet18-digits-b0.02"
     data = json.loads((folder / "baselines.json").read_text())
     rows = data["rows"]
     assert any(k.startswith("Torch-Pruning global") for k in rows) and any(k.startswith("uniform") for k in rows)
+    taylor = next(rs for k, rs in rows.items() if "Taylor" in k)
+    assert taylor[0]["run"]["tp_importance"] == "group_taylor" and taylor[0]["gmacs"] <= BUDGET
     fixed = [res for label, rs in rows.items() if "own sampled KD" not in label for res in rs]
     tuned = [res for label, rs in rows.items() if "own sampled KD" in label for res in rs]
     assert len(fixed) >= 4 and tuned

@@ -143,3 +143,37 @@ def test_group_l1_is_torch_pruning_group_magnitude(arch, layer):
     theirs = tp.importance.GroupMagnitudeImportance(p=1, normalizer=None)(group)
     ours = channel_scores(m, a, [a.channel_groups(m)[layer][0]], "group_l1")
     assert torch.allclose(next(iter(ours.values())), theirs.float(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch, layer", [("resnet18", "layer1.0.conv1"), ("resnet18", "layer3.0.conv2"),
+                                         ("resnet18", "layer4.1.conv2"), ("mobilenet_v2", "features.3.conv.0.0")])
+def test_group_taylor_is_torch_pruning_group_taylor(arch, layer):
+    """Cross-check with the independent implementation: with the cross-entropy of the same labelled
+    batches back-propagated into the model, Torch-Pruning's GroupTaylorImportance over the group its
+    dependency graph finds must equal our group_taylor scores, which compute their own gradients."""
+    tp = pytest.importorskip("torch_pruning")
+    from m2mdc.data import Batch
+
+    import copy
+
+    a = get_adapter(arch)
+    m = copy.deepcopy(base(arch)).eval()  # its gradients are filled below: not the shared model
+    g = torch.Generator().manual_seed(0)
+    probe = [Batch(torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 100, (8,), generator=g),
+                   torch.arange(8), torch.zeros(8, dtype=torch.bool)) for _ in range(2)]
+    ours = channel_scores(m, a, [a.channel_groups(m)[layer][0]], "group_taylor", probe)
+    assert all(p.grad is None for p in m.parameters())  # the caller's model is left as it was
+    for b in probe:
+        (nn.functional.cross_entropy(m(b.x), b.y, reduction="sum") / 16).backward()
+    conv = dict(m.named_modules())[layer]
+    group = tp.DependencyGraph().build_dependency(m, torch.zeros(1, 3, 32, 32)).get_pruning_group(
+        conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
+    theirs = tp.importance.GroupTaylorImportance(normalizer=None)(group)
+    assert torch.allclose(next(iter(ours.values())), theirs.float(), rtol=1e-4, atol=1e-12)
+    assert len(set(theirs.tolist())) > conv.out_channels // 2  # a ranking, not a tie
+
+
+def test_group_taylor_needs_a_probe():
+    a = get_adapter("resnet18")
+    with pytest.raises(ValueError, match="probe"):
+        channel_scores(base("resnet18"), a, ["planes:layer1"], "group_taylor")

@@ -8,7 +8,7 @@ import torch
 from ..data import probe_loader
 from ..models import get_adapter
 from ..settings import check_settings, setting
-from ..slicing import SIGNALS, mid_widths, planes_widths, slice_groups
+from ..slicing import PROBE_SIGNALS, SIGNALS, mid_widths, planes_widths, slice_groups
 from .block_prune import BINS, PROBE_SAMPLES
 from .registry import StepRun, StepSpec, register
 
@@ -16,7 +16,8 @@ from .registry import StepRun, StepSpec, register
 @dataclass(frozen=True)
 class RankingSettings:
     signal: str = setting("bn", "channel ranking signal: bn = |BN gamma|, l1 = filter L1, mi = channel label MI, "
-                          "group_l1 = Torch-Pruning's group magnitude", choices=SIGNALS)
+                          "group_l1 = Torch-Pruning's group magnitude, group_taylor = Torch-Pruning's group Taylor "
+                          "importance (cross-entropy on the probe set)", choices=SIGNALS)
     bins: int = BINS
     probe_samples: int = PROBE_SAMPLES
 
@@ -44,7 +45,7 @@ def slice_to(r: StepRun, widths: dict[str, int], s: RankingSettings) -> None:
     """Keep ``widths[group]`` channels of each group, tracking which teacher phi channels survive."""
     ctx, state = r.ctx, r.state
     adapter = ctx.adapter
-    probe = probe_loader(ctx.ds, ctx.device, max_samples=s.probe_samples) if s.signal == "mi" else None
+    probe = probe_loader(ctx.ds, ctx.device, max_samples=s.probe_samples) if s.signal in PROBE_SIGNALS else None
     new, kept = slice_groups(state.model, adapter, widths, ctx.ds.num_classes, s.signal, probe, s.bins,
                              check_input=torch.zeros(2, 3, ctx.ds.resolution, ctx.ds.resolution))
     head_in = adapter.channel_groups(state.model)[adapter.head_name][1]
