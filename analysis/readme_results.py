@@ -26,7 +26,7 @@ SOURCES = {
     "frontier-mobilenet_v2": ("review/frontier-mobilenet_v2-cifar100-b0.0186/pareto.md", ["frontier.png"]),
     "baselines-resnet18": ("baselines/resnet18-cifar100-b0.02/baselines.md", ["baselines.png", "baselines-latency.png",
                                                                         "baselines-throughput.png"]),
-    "proxy-rank": ("proxy_rank/frontier-resnet18-cifar100-b0.02-v3/proxy_rank.md", []),
+    "proxy-rank": ("proxy_rank/frontier-resnet18-cifar100-b0.02-width/proxy_rank.md", []),
     "paper-table": ("paper_table/paper_table-cifar100.md", []),
     "pqd-ablation": ("pqd_ablation/resnet18-cifar100/pqd_ablation.md", []),
     "latency-budget": ("benchmarks/latency_budget/latency-bench-bs64-v2/latency_budget.md", []),
