@@ -1,4 +1,6 @@
 """Residual-safe slicing: invariants, forward passes, MACs recounted, ranking signals."""
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -153,8 +155,6 @@ def test_group_taylor_is_torch_pruning_group_taylor(arch, layer):
     dependency graph finds must equal our group_taylor scores, which compute their own gradients."""
     tp = pytest.importorskip("torch_pruning")
     from m2mdc.data import Batch
-
-    import copy
 
     a = get_adapter(arch)
     m = copy.deepcopy(base(arch)).eval()  # its gradients are filled below: not the shared model
