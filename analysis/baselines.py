@@ -145,11 +145,21 @@ def table(rows: dict[str, list[dict]], teacher: dict, budgets: list[str], latenc
             cells += [mean_std([r["test_top1"] for r in rs]) if rs else "–",
                       f"{statistics.mean(r['val_top1'] for r in rs):.2f}" if rs else "–"]
         lat = latency.get(label, {})
-        seeds = sorted({r["run"]["seed"] for r in results})
         cells += [f"{r0['gmacs']:.4f}", f"{r0['params'] / 1e6:.3f}M", _ms(lat), _ips(lat), lat.get("backend", ""),
-                  ",".join(map(str, seeds))]
+                  seeds_cell(results)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def seeds_cell(results: list[dict]) -> str:
+    """The seeds a row's means are over: one list, or one per budget where the budgets' seeds differ."""
+    by_budget: dict[str, list[int]] = {}
+    for r in results:
+        by_budget.setdefault(r["run"]["budget"], []).append(r["run"]["seed"])
+    text = {b: ",".join(map(str, sorted(set(s)))) for b, s in by_budget.items()}
+    if len(set(text.values())) == 1:
+        return next(iter(text.values()))
+    return "; ".join(f"{b} {t}" for b, t in text.items())
 
 
 def _ms(lat: dict) -> str:
@@ -201,6 +211,8 @@ def main(argv=None):
     p.add_argument("--no-latency", action="store_true", help="skip the final latency measurements")
     p.add_argument("--int8-seeds", default=None, help="seeds of the INT8 latency rows (default: --seeds); "
                    "their accuracy is shown with the seeds it has")
+    p.add_argument("--long-seeds", default=None, help="seeds of the long budget (default: --seeds), so its ~8-min "
+                   "runs can be added over several sessions; each row says which seeds each budget has")
     p.add_argument("--mlflow-uri", default=None)
     add_teacher_args(p)
     add_data_args(p)
@@ -208,9 +220,15 @@ def main(argv=None):
     check_range("--budget-gmacs", a.budget_gmacs, 0.0, 10.0, lo_open=True)
     check_range("--k", a.k, 1, 100)
     seeds, budgets = parse_seeds(a.seeds), parse_budgets(a.budgets)
-    int8_seeds = None if a.int8_seeds is None else parse_seeds(a.int8_seeds)
+    int8_seeds = None if a.int8_seeds is None else parse_seeds(a.int8_seeds, "--int8-seeds")
     if int8_seeds is not None and not set(int8_seeds) <= set(seeds):
         raise UserError(f"--int8-seeds {a.int8_seeds!r} must be among --seeds {a.seeds!r}")
+    if a.long_seeds is not None and "long" not in budgets:
+        raise UserError(f"--long-seeds {a.long_seeds!r} needs the long budget: add --budgets short,long")
+    long_seeds = seeds if a.long_seeds is None else parse_seeds(a.long_seeds, "--long-seeds")
+    if not set(long_seeds) <= set(seeds):
+        raise UserError(f"--long-seeds {a.long_seeds!r} must be among --seeds {a.seeds!r}")
+    seeds_of = {b: long_seeds if b == "long" else seeds for b in budgets}
     from m2mdc.compiler import target_of
     from m2mdc.context import prepare_context
     from m2mdc.device import pick_device
@@ -238,18 +256,18 @@ def main(argv=None):
         return not a.only or any(w in label for w in a.only.split(","))
 
     for b in budgets:
-        for seed in seeds:
+        for seed in seeds_of[b]:
             for run in baseline_runs(b, seed, int8_seeds):
                 if wanted(run.row):
                     print(f"[baselines] {run.row}: {b} budget, seed {seed}", flush=True)
                     rows.setdefault(run.row, []).append(execute(run, ctx, target, a.budget_gmacs, folder, models))
     for experiment in a.experiment if wanted("search best") else []:
-        summaries = finalize(client, experiment, ctx, target, a.budget_gmacs, a.k, seeds, budgets, models=models)
+        summaries = finalize(client, experiment, ctx, target, a.budget_gmacs, a.k, seeds_of, models=models)
         best = best_member(summaries, budgets[-1])
         rows[f"search best: finalized trial {best['trial_id']} of {experiment}"] = best["results"]
         tuned = []
         for b in budgets:
-            for seed in seeds:
+            for seed in seeds_of[b]:
                 run = Run(f"search best {best['trial_id']}, its own KD", "config", b, seed, config=best["config"],
                           tuned_kd=True)
                 print(f"[baselines] {run.row}: {b} budget, seed {seed}", flush=True)
@@ -276,7 +294,7 @@ def main(argv=None):
     md += (f"\nFixed KD settings of every row but the tuned one: {settings} (the paper's ramped loss plus Hinton's "
            f"KL). Every row trains the same total KD epochs ({budget_text}); a plan with k repairs splits them "
            f"(E // k each, the rest on the last); PQD splits its epochs P/Q/D 20/40/40. Test mean ± sample std over "
-           f"seeds; selection (the search's best member) by mean val. Machine: {machine()}.\n")
+           f"the seeds the last column names (per budget where they differ); selection (the search's best member) by mean val. Machine: {machine()}.\n")
     md = f"Command: `{a.command}`\n\n" + md
     write_text(out / "baselines.md", md)
     write_json(out / "baselines.json", {"rows": rows, "latency": latency, "teacher": ctx.teacher_record})

@@ -122,9 +122,10 @@ def log_finalized(client, parent, member, result: dict) -> None:
     client.set_terminated(run.info.run_id, status="FINISHED")
 
 
-def finalize(client, experiment: str, ctx, target, budget: float, k: int, seeds: list[int], budgets: list[str],
+def finalize(client, experiment: str, ctx, target, budget: float, k: int, seeds: dict[str, list[int]],
              tuned: bool = False, models: Path | None = None) -> list[dict]:
-    """Train the K members nearest the budget at every (budget, seed); return one summary per member."""
+    """Train the K members nearest the budget at every training budget and each of its seeds (``seeds``:
+    budget -> seeds, in order); return one summary per member."""
     parent, chosen = members(client, experiment, budget, k)
     folder = results_root() / "finalize" / experiment
     out = []
@@ -132,8 +133,8 @@ def finalize(client, experiment: str, ctx, target, budget: float, k: int, seeds:
         config = config_of(member.data.params)
         tid = member.data.tags.get("trial_id")
         results = []
-        for b in budgets:
-            for seed in seeds:
+        for b, budget_seeds in seeds.items():
+            for seed in budget_seeds:
                 run = Run(f"search {tid}", "config", b, seed, config=config, tuned_kd=tuned)
                 print(f"[finalize] {experiment} trial {tid}: {b} budget, seed {seed}", flush=True)
                 result = execute(run, ctx, target, budget, folder, models)
@@ -180,8 +181,8 @@ def main(argv=None):
     check_search_setting(parent, a, a.experiment)
     source, ds = teacher_and_data(a)
     ctx = prepare_context(a.arch, ds, source, pick_device(a.device), a.out_dir)
-    summaries = finalize(client, a.experiment, ctx, target_of(ctx), budget, a.k, seeds, budgets, a.kd == "tuned",
-                         ensure_writable(root / "finalize" / a.experiment))
+    summaries = finalize(client, a.experiment, ctx, target_of(ctx), budget, a.k, {b: seeds for b in budgets},
+                         a.kd == "tuned", ensure_writable(root / "finalize" / a.experiment))
     lines = ["| trial | val top-1 in the search | budget | val top-1 | test top-1 | GMACs | params | seeds |",
              "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
@@ -197,13 +198,13 @@ def main(argv=None):
     return 0
 
 
-def parse_seeds(text: str) -> list[int]:
+def parse_seeds(text: str, option: str = "--seeds") -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise UserError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
+        raise UserError(f"{option} {text!r} must be comma-separated integers, e.g. 0,1,2") from None
     if not seeds or len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds {text!r} must name distinct seeds")
+        raise UserError(f"{option} {text!r} must name distinct seeds")
     return seeds
 
 

@@ -81,6 +81,9 @@ CASES = {
         (["--budget-gmacs", "0.02", "--budgets", "medium"], "--budgets 'medium': choose from short, long"),
         (["--budget-gmacs", "0"], "--budget-gmacs=0.0 is outside"),
         (["--budget-gmacs", "0.02", "--seeds", "0,1", "--int8-seeds", "2"], "must be among --seeds"),
+        (["--budget-gmacs", "0.02", "--seeds", "0,1", "--long-seeds", "2"], "--long-seeds '2' must be among --seeds"),
+        (["--budget-gmacs", "0.02", "--budgets", "short", "--long-seeds", "0"], "needs the long budget"),
+        (["--budget-gmacs", "0.02", "--long-seeds", "x"], "--long-seeds 'x' must be comma-separated integers"),
         (["--budget-gmacs", "0.02", "--experiment", "a", "--experiment", "a"], "--experiment repeats a search"),
     ],
     "analysis.finalize": [
