@@ -77,6 +77,17 @@ def verdict(rows: list[dict]) -> str:
             f"the larger seed std ({noise:.2f})")
 
 
+def wall_time(results: list[dict]) -> str:
+    """Each budget's runs: how many, their total and per-run wall time, as each JSON recorded it."""
+    parts = []
+    for budget in BUDGETS:
+        minutes = [r["minutes"] for r in results if r["run"]["budget"] == budget]
+        if minutes:
+            parts.append(f"{budget} budget {len(minutes)} runs, {sum(minutes):.0f} min in all ({min(minutes):.1f}-"
+                         f"{max(minutes):.1f} min a run)")
+    return "; ".join(parts)
+
+
 def table(short: list[dict], long: list[dict]) -> str:
     lines = ["| order | steps | test top-1 (short) | val top-1 (short) | test top-1 (long) | val top-1 (long) | "
              "epochs trained | seeds |", "|---|---|---|---|---|---|---|---|"]
@@ -164,11 +175,12 @@ def main(argv=None):
         md += (f"\n\nINT8 artefact (every order): {size}, batch 1 {deploy['bs1_ms']:.2f} ms ±{deploy['bs1_spread_pct']:.0f}%,"
                f" batch 64 {deploy['bs64_images_per_s']:.0f} img/s, backend {deploy['backend']}, measured on "
                f"{deploy['of']}.")
-    md = f"Command: `{a.command}`\n\n" + md + f"\n\nMachine: {machine()}.\n"
+    md = (f"Command: `{a.command}`\n\n" + md + f"\n\nWall time: {wall_time(results)} (wall clock on a shared machine: "
+          f"other jobs may have run alongside).\n\nMachine: {machine()}.\n")
     out = ensure_writable(root / "pqd_ablation" / name)
     write_text(out / "pqd_ablation.md", md)
     write_json(out / "pqd_ablation.json", {"short": short, "long": long, "deploy": deploy,
-                                           "short_verdict": verdict(short),
+                                           "short_verdict": verdict(short), "wall_time": wall_time(results),
                                            "long_verdict": verdict(long) if long else None,
                                            "teacher": ctx.teacher_record})
     print(md)

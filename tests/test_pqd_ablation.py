@@ -55,6 +55,8 @@ def test_orders_each_trained_as_its_order_for_equal_epochs(ablation):
     assert len(list((results / "pqd_ablation" / "resnet18-digits").glob("*.json"))) == len(TRAINED)
     md = (out / "pqd_ablation" / "resnet18-digits" / "pqd_ablation.md").read_text()
     assert "Short-budget verdict" in md
+    total = sum(s["minutes"] for s in saved)  # the wall time the table states is what the runs recorded
+    assert f"Wall time: short budget {len(TRAINED)} runs, {total:.0f} min in all" in md
     assert md.count("| P -> ") + md.count("| Q -> ") + md.count("| D -> ") == len(TRAINED)
     assert data["deploy"]["size_bytes"] and data["deploy"]["backend"] in ("inductor", "eager-fallback")
 
