@@ -232,25 +232,26 @@ def main(argv=None):
     from m2mdc.compiler import target_of
     from m2mdc.context import prepare_context
     from m2mdc.device import pick_device
-    from search.tracking import open_search_store
 
     root = out_root(a.out_dir)
     client = None
     if len(set(a.experiment)) < len(a.experiment):
         raise UserError(f"--experiment repeats a search ({', '.join(a.experiment)}); name each once")
     if a.experiment:
-        from analysis.finalize import check_search_setting, members
+        from analysis.finalize import check_search_setting, members, search_store
 
-        client = open_search_store(a.mlflow_uri, root)
+        client = search_store(a.mlflow_uri, root, a.experiment)
         for experiment in a.experiment:  # a wrong experiment fails before anything trains
-            parent, _ = members(client, experiment, a.budget_gmacs, a.k)
-            check_search_setting(parent, a, experiment)
+            search, _ = members(client, experiment, a.budget_gmacs, a.k)
+            check_search_setting(search, a, experiment)
     source, ds = teacher_and_data(a)
     ctx = prepare_context(a.arch, ds, source, pick_device(a.device), a.out_dir)
     target = target_of(ctx)
     name = f"{a.arch}-{ds.name}-b{a.budget_gmacs:g}"
     folder, models = results_root() / "baselines" / name, ensure_writable(root / "baselines" / name / "models")
     rows: dict[str, list[dict]] = {}
+    from_saved: list[str] = []  # searches this MLflow store does not hold, read from their saved record
+    saved_in: dict[str, Path] = {}  # rows whose results live elsewhere than folder (finalized members)
 
     def wanted(label):
         return not a.only or any(w in label for w in a.only.split(","))
@@ -263,8 +264,11 @@ def main(argv=None):
                     rows.setdefault(run.row, []).append(execute(run, ctx, target, a.budget_gmacs, folder, models))
     for experiment in a.experiment if wanted("search best") else []:
         summaries = finalize(client, experiment, ctx, target, a.budget_gmacs, a.k, seeds_of, models=models)
+        if summaries[0]["search_from"] != "mlflow":
+            from_saved.append(experiment)
         best = best_member(summaries, budgets[-1])
-        rows[f"search best: finalized trial {best['trial_id']} of {experiment}"] = best["results"]
+        label = f"search best: finalized trial {best['trial_id']} of {experiment}"
+        rows[label], saved_in[label] = best["results"], results_root() / "finalize" / experiment
         tuned = []
         for b in budgets:
             for seed in seeds_of[b]:
@@ -283,9 +287,12 @@ def main(argv=None):
         latency["teacher"] = {"bs1_ms": t1["ms"], "bs1_spread_pct": t1["spread_pct"], "backend": t1["backend"],
                               "bs64_images_per_s": t64["images_per_s"], "threads": t1["threads"]}
         for label, results in rows.items():
-            first = min(results, key=lambda r: (r["run"]["seed"], r["run"]["budget"]))
-            if (models / f"{first['run']['budget']}-seed{first['run']['seed']}-{first['key']}").exists():
-                latency[label] = measure_latency(first, models)
+            # seed 0's model at the longest budget the row has (latency depends on the architecture and
+            # format, which every budget of a row shares); re-trained if it is not on this machine
+            first = min(results, key=lambda r: (r["run"]["seed"], -list(BUDGETS).index(r["run"]["budget"])))
+            first = execute(Run(**first["run"]), ctx, target, a.budget_gmacs, saved_in.get(label, folder), models,
+                            need_model=True)
+            latency[label] = {**measure_latency(first, models), "model_retrained": bool(first.get("model_retrained"))}
     out = ensure_writable(root / "baselines" / name)
     md = table(rows, ctx.teacher_record, budgets, latency)
     settings = ", ".join(f"{k.split('.')[1]} {v:g}" for k, v in FIXED_KD.items())
@@ -295,6 +302,15 @@ def main(argv=None):
            f"KL). Every row trains the same total KD epochs ({budget_text}); a plan with k repairs splits them "
            f"(E // k each, the rest on the last); PQD splits its epochs P/Q/D 20/40/40. Test mean ± sample std over "
            f"the seeds the last column names (per budget where they differ); selection (the search's best member) by mean val. Machine: {machine()}.\n")
+    if latency:
+        again = [label for label, t in latency.items() if t.get("model_retrained")]
+        md += ("\nLatency: each row's seed-0 model at the longest budget it has (a row's budgets share its "
+               "architecture and format), all timed together in this run" +
+               (f"; trained again on this machine to be timed (saved results stay the reported ones): "
+                f"{'; '.join(again)}" if again else "") + ".\n")
+    for experiment in from_saved:
+        md += (f"\nSearch {experiment}: its members were read from results/finalize/{experiment}/search.json, the "
+               f"record finalize saved of it (this machine's MLflow store does not hold the search).\n")
     md = f"Command: `{a.command}`\n\n" + md
     write_text(out / "baselines.md", md)
     write_json(out / "baselines.json", {"rows": rows, "latency": latency, "teacher": ctx.teacher_record})

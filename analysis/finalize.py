@@ -7,18 +7,23 @@ search's best is the one with the highest mean val, never chosen by test.
 
 Every run goes through analysis/study.py: the same KD settings as the baselines (or, with
 ``--kd tuned``, the member's own sampled ones), the budget's total epochs spread over its repairs,
-its result saved under results/finalize/NAME/ and reused when the teacher matches.
+its result saved under results/finalize/NAME/ and reused when the teacher matches. The search itself
+(its settings and Pareto members) is saved there too, as search.json: on a machine whose MLflow store
+does not hold the search (a fresh clone), finalize and baselines re-train its members from that record
+and say so; only the MLflow children are then not logged.
 """
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from m2mdc.cli.args import add_data_args, add_teacher_args, teacher_and_data
 from m2mdc.errors import Parser, UserError, check_range, cli
-from m2mdc.io import ensure_writable, out_root, write_text
+from m2mdc.io import ensure_writable, out_root, write_json, write_text
 
 from analysis.study import BUDGETS, Run, execute, mean_std, results_root
 
@@ -44,28 +49,83 @@ def config_of(params: dict) -> dict:
     return config
 
 
-def members(client, experiment: str, budget: float, k: int) -> tuple[object, list]:
-    """(parent run, the K Pareto members within ``budget`` nearest it), from the search's MLflow runs."""
-    exp = client.get_experiment_by_name(experiment)
+@dataclass
+class Search:
+    """A finished search as finalize needs it: its settings (the parent run's params), its budget and
+    its Pareto members. Read from MLflow, or from ``results/finalize/NAME/search.json`` (what finalize
+    saved of it) when this machine's MLflow store does not hold the search: the search is the longest
+    measurement behind a table, and a table must resume on a fresh machine."""
+    name: str
+    params: dict
+    budget: float
+    front: list[dict]  # trial_id, run_id, config, val_top1, gmacs
+    parent: object = None  # the MLflow parent run; None when read from the saved record
+    saved: Path | None = None  # the record it was read from, if not MLflow
+
+    def nearest(self, budget: float, k: int) -> list[dict]:
+        """The K Pareto members within ``budget`` nearest it."""
+        within = [m for m in self.front if m["gmacs"] <= budget]
+        if not within:
+            raise UserError(f"search {self.name!r} has no Pareto member within {budget:g} GMACs")
+        return sorted(within, key=lambda m: budget - m["gmacs"])[:k]
+
+    def save(self) -> Path:
+        path = results_root() / "finalize" / self.name / "search.json"
+        write_json(path, {"name": self.name, "params": self.params, "budget_gmacs": self.budget, "front": self.front})
+        return path
+
+
+def saved_search_path(experiment: str) -> Path:
+    return results_root() / "finalize" / experiment / "search.json"
+
+
+def search_store(uri: str | None, root: Path, experiments: list[str]):
+    """The MLflow store the searches wrote; None where this machine has no such store but every search
+    has its saved record (a fresh clone): members() then reads the records."""
+    from search.tracking import open_search_store
+
+    try:
+        return open_search_store(uri, root)
+    except UserError:
+        if experiments and all(saved_search_path(e).exists() for e in experiments):
+            return None
+        raise
+
+
+def members(client, experiment: str, budget: float, k: int) -> tuple[Search, list[dict]]:
+    """(the search, its K Pareto members within ``budget`` nearest it), from the search's MLflow runs,
+    or from its saved record where there is no MLflow store or it does not hold the search (said on
+    stdout)."""
+    exp = None if client is None else client.get_experiment_by_name(experiment)
+    saved = saved_search_path(experiment)
+    if exp is None and saved.exists():
+        rec = json.loads(saved.read_text())
+        search = Search(rec["name"], rec["params"], float(rec["budget_gmacs"]), rec["front"], saved=saved)
+        why = "no MLflow store here" if client is None else "this MLflow store does not hold the search"
+        print(f"[finalize] {experiment}: read from {saved} ({why}; finalized runs are saved under results/ but not "
+              f"logged to MLflow)", flush=True)
+        return search, search.nearest(budget, k)
     if exp is None:
-        raise UserError(f"no MLflow experiment named {experiment!r}; run search/frontier.py first")
+        raise UserError(f"no MLflow experiment named {experiment!r} and no saved record of it ({saved}); run "
+                        f"search/frontier.py first")
     runs = client.search_runs([exp.experiment_id], max_results=10000, order_by=["attributes.start_time ASC"])
     parents = [r for r in runs if r.data.tags.get("role") == "search"]
     if not parents:
         raise UserError(f"experiment {experiment!r} holds no search run; it was not written by search/frontier.py")
     parent = parents[-1]
-    front = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-             and r.data.tags.get("role") == "trial" and r.data.tags.get("pareto") == "true"
-             and r.data.metrics.get("gmacs", 1e9) <= budget]
-    if not front:
-        raise UserError(f"search {experiment!r} has no Pareto member within {budget:g} GMACs")
-    return parent, sorted(front, key=lambda r: budget - r.data.metrics["gmacs"])[:k]
+    front = [{"trial_id": r.data.tags.get("trial_id"), "run_id": r.info.run_id, "config": config_of(r.data.params),
+              "val_top1": r.data.metrics.get("val_top1"), "gmacs": r.data.metrics["gmacs"]} for r in runs
+             if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and r.data.tags.get("role") == "trial"
+             and r.data.tags.get("pareto") == "true" and "gmacs" in r.data.metrics]
+    search = Search(experiment, dict(parent.data.params), float(parent.data.tags.get("budget_gmacs", budget)),
+                    sorted(front, key=lambda m: m["gmacs"]), parent)
+    return search, search.nearest(budget, k)
 
 
 SEARCH_DATA_FLAGS = ("dataset", "data_dir", "resolution", "val_size", "split_seed", "mean", "std")
 
 
-def check_search_setting(parent, a, experiment: str) -> None:
+def check_search_setting(search: Search, a, experiment: str) -> None:
     """Members re-trained from another teacher or on other data would not be the search's members:
     the teacher and data flags must name what the search ran with (its parent run's params). Checked
     before any teacher is trained or loaded."""
@@ -74,7 +134,7 @@ def check_search_setting(parent, a, experiment: str) -> None:
 
     from m2mdc.cli.args import teacher_from_args
 
-    params = parent.data.params
+    params = search.params
     if "dataset" not in params:
         return  # not written by search/frontier.py: members() has already refused it
     if params.get("budget_ms", "None") != "None":
@@ -105,14 +165,15 @@ def check_search_setting(parent, a, experiment: str) -> None:
                         f"so its members are re-trained from its teacher on its data")
 
 
-def log_finalized(client, parent, member, result: dict) -> None:
+def log_finalized(client, search: Search, member: dict, result: dict) -> None:
     """One MLflow child run of the search's parent per finalized (member, budget, seed)."""
     from mlflow.entities import Metric, Param
 
-    run = client.create_run(parent.info.experiment_id, run_name=f"finalized {member.data.tags.get('trial_id')} "
+    parent = search.parent
+    run = client.create_run(parent.info.experiment_id, run_name=f"finalized {member['trial_id']} "
                             f"{result['run']['budget']} seed {result['run']['seed']}",
                             tags={"mlflow.parentRunId": parent.info.run_id, "role": "finalized", "finalized": "true",
-                                  "trial_id": member.data.tags.get("trial_id"), "budget": result["run"]["budget"],
+                                  "trial_id": member["trial_id"], "budget": result["run"]["budget"],
                                   "seed": str(result["run"]["seed"]), "kd": "tuned" if result["run"]["tuned_kd"]
                                   else "fixed", "keep_cfg": str(result["keep_cfg"])[:5000]})
     now = int(time.time() * 1000)
@@ -125,23 +186,26 @@ def log_finalized(client, parent, member, result: dict) -> None:
 def finalize(client, experiment: str, ctx, target, budget: float, k: int, seeds: dict[str, list[int]],
              tuned: bool = False, models: Path | None = None) -> list[dict]:
     """Train the K members nearest the budget at every training budget and each of its seeds (``seeds``:
-    budget -> seeds, in order); return one summary per member."""
-    parent, chosen = members(client, experiment, budget, k)
+    budget -> seeds, in order); return one summary per member. The search's record is saved first
+    (results/finalize/NAME/search.json), so its members can be re-trained where its MLflow store is not."""
+    search, chosen = members(client, experiment, budget, k)
+    if search.parent is not None:
+        search.save()
     folder = results_root() / "finalize" / experiment
     out = []
     for member in chosen:
-        config = config_of(member.data.params)
-        tid = member.data.tags.get("trial_id")
+        config, tid = member["config"], member["trial_id"]
         results = []
         for b, budget_seeds in seeds.items():
             for seed in budget_seeds:
                 run = Run(f"search {tid}", "config", b, seed, config=config, tuned_kd=tuned)
                 print(f"[finalize] {experiment} trial {tid}: {b} budget, seed {seed}", flush=True)
                 result = execute(run, ctx, target, budget, folder, models)
-                log_finalized(client, parent, member, result)
+                if search.parent is not None:
+                    log_finalized(client, search, member, result)
                 results.append(result)
-        out.append({"trial_id": tid, "run_id": member.info.run_id, "config": config, "search_val": member.data.metrics
-                    .get("val_top1"), "results": results})
+        out.append({"trial_id": tid, "run_id": member["run_id"], "config": config, "search_val": member["val_top1"],
+                    "results": results, "search_from": str(search.saved) if search.saved else "mlflow"})
     return out
 
 
@@ -172,13 +236,11 @@ def main(argv=None):
     from m2mdc.compiler import target_of
     from m2mdc.context import prepare_context
     from m2mdc.device import pick_device
-    from search.tracking import open_search_store
-
     root = out_root(a.out_dir)
-    client = open_search_store(a.mlflow_uri, root)
-    parent, _ = members(client, a.experiment, a.budget_gmacs or 1e9, a.k)
-    budget = a.budget_gmacs or float(parent.data.tags["budget_gmacs"])
-    check_search_setting(parent, a, a.experiment)
+    client = search_store(a.mlflow_uri, root, [a.experiment])
+    search, _ = members(client, a.experiment, a.budget_gmacs or 1e9, a.k)
+    budget = a.budget_gmacs or search.budget
+    check_search_setting(search, a, a.experiment)
     source, ds = teacher_and_data(a)
     ctx = prepare_context(a.arch, ds, source, pick_device(a.device), a.out_dir)
     summaries = finalize(client, a.experiment, ctx, target_of(ctx), budget, a.k, {b: seeds for b in budgets},

@@ -85,10 +85,13 @@ def main(argv=None):
     client = open_search_store(a.mlflow_uri, root)
     from analysis.finalize import check_search_setting, members
 
-    parent, _ = members(client, a.experiment, a.budget_gmacs or 1e9, 1)
-    budget = a.budget_gmacs or float(parent.data.tags["budget_gmacs"])
-    check_search_setting(parent, a, a.experiment)
-    pool = candidates(client, parent, budget, a.band)
+    search, _ = members(client, a.experiment, a.budget_gmacs or 1e9, 1)
+    if search.parent is None:
+        raise UserError(f"proxy_rank draws from every completed trial of {a.experiment!r}, which only its MLflow "
+                        f"store holds ({search.saved} keeps its Pareto members); pass --mlflow-uri of that store")
+    budget = a.budget_gmacs or search.budget
+    check_search_setting(search, a, a.experiment)
+    pool = candidates(client, search.parent, budget, a.band)
     if len(pool) < 3:
         raise UserError(f"search {a.experiment!r} has {len(pool)} completed trial(s) within {a.band:.0%} of "
                         f"{budget:g} GMACs; tau needs at least 3 (widen --band or search longer)")

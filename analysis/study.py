@@ -115,16 +115,23 @@ def kd_settings(plan: list[dict]) -> dict:
 
 
 def execute(run: Run, ctx, target, budget_gmacs: float, folder: Path, models: Path | None = None,
-            quiet: bool = True) -> dict:
-    """The run's result, from ``folder`` when it was done before on this teacher, else trained now."""
+            quiet: bool = True, need_model: bool = False) -> dict:
+    """The run's result, from ``folder`` when it was done before on this teacher, else trained now.
+    ``need_model``: the caller times the model, so a saved result whose model is not on this machine
+    (models live under outputs/, results under the committed results/) is trained again to save the
+    model; the saved result, not the re-run's, is returned, marked ``model_retrained``."""
     from m2mdc.results import save_result
     from m2mdc.runner import run_plan
 
     sha = teacher_sha(ctx)
     key = run.key(sha, budget_gmacs)
     path = folder / f"{run.budget}-seed{run.seed}-{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
+    saved = json.loads(path.read_text()) if path.exists() else None
+    if saved is not None and not (need_model and models is not None and not (models / path.stem).exists()):
+        return saved
+    if saved is not None:
+        print(f"[study] {run.row}: {run.budget} budget, seed {run.seed}: its model is not on this machine; "
+              f"training it again to time it (the saved result stays the one reported)", flush=True)
     t0 = time.perf_counter()
     init = None
     if run.method == "torch-pruning":
@@ -157,6 +164,8 @@ def execute(run: Run, ctx, target, budget_gmacs: float, folder: Path, models: Pa
     model, record = run_plan(plan, ctx, quiet=quiet, init=init)
     if models is not None:
         save_result(model, record, models / path.stem)
+    if saved is not None:
+        return {**saved, "model_retrained": True}
     result = {"row": run.row, "run": asdict(run), "key": key, "teacher_sha256": sha, "budget_gmacs": budget_gmacs,
               "val_top1": record["val_top1"], "test_top1": record["test_top1"], "gmacs": record["gmacs"],
               "params": record["params"], "int8": record["int8"], "keep_cfg": record["keep_cfg"],

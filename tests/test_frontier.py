@@ -343,6 +343,26 @@ def test_finalize_logs_finalized_children_under_the_parent(out, tmp_path):
     assert finalized[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
     member = next(c for c in children if c.data.tags["trial_id"] == finalized[0].data.tags["trial_id"])
     assert member.data.tags["pareto"] == "true"
+    # A fresh clone has results/ but not the MLflow store the search ran in: the saved record stands in
+    saved = json.loads((results / "finalize" / "failing" / "search.json").read_text())
+    assert member.info.run_id in {m["run_id"] for m in saved["front"]} and saved["params"]["dataset"] == "digits"
+    empty = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    again = subprocess.run([sys.executable, "analysis/finalize.py", "--experiment", "failing", "--k", "1", "--seeds",
+                            "0", "--budgets", "short", "--dataset", "digits", "--epochs", "5", "--out-dir", str(out),
+                            "--mlflow-uri", empty], cwd=REPO, capture_output=True, text=True, timeout=900,
+                           env={**os.environ, "M2MDC_RESULTS_DIR": str(results)})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "search.json (no MLflow store here; finalized runs are saved under results/" in again.stdout
+    table = [line for line in r.stdout.splitlines() if line.startswith("| ")]
+    assert table and table == [line for line in again.stdout.splitlines() if line.startswith("| ")]
+    assert len([x for x in client.search_runs([exp.experiment_id]) if x.data.tags.get("role") == "finalized"]) == 1
+    # ... and a wrong teacher is still refused from the record, as from MLflow
+    wrong = subprocess.run([sys.executable, "analysis/finalize.py", "--experiment", "failing", "--k", "1", "--seeds",
+                            "0", "--dataset", "digits", "--epochs", "3", "--out-dir", str(out), "--mlflow-uri", empty],
+                           cwd=REPO, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "M2MDC_RESULTS_DIR": str(results)})
+    lines = wrong.stderr.strip().splitlines()
+    assert wrong.returncode == 2 and len(lines) == 1 and "--epochs 5" in lines[0], wrong.stderr
     saved = json.loads(next((results / "finalize" / "failing").glob("short-seed0-*.json")).read_text())
     assert finalized[0].data.metrics["test_top1"] == pytest.approx(saved["test_top1"])
     assert saved["kd_epochs_trained"] == 8  # the short budget's total, spread over the member's repairs
@@ -382,6 +402,24 @@ def test_baselines_train_every_row_with_the_same_settings(out, tmp_path):
     for png in ("baselines.png", "baselines-latency.png", "baselines-throughput.png"):
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in results.glob("baselines/*")) == ["resnet18-digits-b0.02"]
+    # A fresh machine has the committed results but not the models under outputs/: a row is reused as
+    # saved, and its model is trained again only to be timed, which the table says
+    import shutil
+
+    uniform = rows[next(k for k in rows if k.startswith("uniform"))][0]
+    saved = results / "baselines" / "resnet18-digits-b0.02" / f"short-seed0-{uniform['key']}.json"
+    before = saved.read_bytes()
+    shutil.rmtree(folder / "models" / saved.stem)
+    again = subprocess.run([sys.executable, "analysis/baselines.py", "--budget-gmacs", str(BUDGET), "--dataset",
+                            "digits", "--epochs", "5", "--seeds", "0", "--budgets", "short", "--only", "uniform",
+                            "--out-dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900,
+                           env={**os.environ, "M2MDC_RESULTS_DIR": str(results)})
+    assert again.returncode == 0, again.stderr[-3000:]
+    redo = json.loads((folder / "baselines.json").read_text())
+    label = next(k for k in redo["rows"] if k.startswith("uniform"))
+    assert redo["rows"][label][0]["test_top1"] == uniform["test_top1"] and saved.read_bytes() == before
+    assert redo["latency"][label]["model_retrained"] and (folder / "models" / saved.stem).exists()
+    assert f"trained again on this machine to be timed (saved results stay the reported ones): {label}" in again.stdout
 
 
 def test_latency_objective_front_and_hypervolume_over_three_objectives(out):
