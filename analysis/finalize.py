@@ -69,10 +69,9 @@ class Search:
             raise UserError(f"search {self.name!r} has no Pareto member within {budget:g} GMACs")
         return sorted(within, key=lambda m: budget - m["gmacs"])[:k]
 
-    def save(self) -> Path:
-        path = results_root() / "finalize" / self.name / "search.json"
-        write_json(path, {"name": self.name, "params": self.params, "budget_gmacs": self.budget, "front": self.front})
-        return path
+    def save(self) -> None:
+        write_json(saved_search_path(self.name), {"name": self.name, "params": self.params,
+                                                  "budget_gmacs": self.budget, "front": self.front})
 
 
 def saved_search_path(experiment: str) -> Path:
@@ -236,6 +235,7 @@ def main(argv=None):
     from m2mdc.compiler import target_of
     from m2mdc.context import prepare_context
     from m2mdc.device import pick_device
+
     root = out_root(a.out_dir)
     client = search_store(a.mlflow_uri, root, [a.experiment])
     search, _ = members(client, a.experiment, a.budget_gmacs or 1e9, a.k)
