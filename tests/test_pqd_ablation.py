@@ -68,3 +68,29 @@ def test_verdict_needs_a_margin_over_twice_the_seed_spread():
     rows[0]["test_mean"] = 52.0
     assert pqd_ablation.verdict(rows).startswith("A wins")
     assert "no winner declared" in pqd_ablation.verdict([{**r, "seeds": [0]} for r in rows])
+
+
+def test_fresh_clone_times_the_artefact_by_retraining_its_model_without_changing_results(ablation, tmp_path):
+    """results/ is committed, outputs/ is not: with the models gone the table still gets its INT8 line."""
+    import shutil
+
+    out, results = ablation
+    folder = results / "pqd_ablation" / "resnet18-digits"
+    before = {p.name: p.read_bytes() for p in folder.glob("*.json")}
+    fresh = tmp_path / "fresh-out"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("M2MDC_RESULTS_DIR", str(results))
+    mp.setitem(study.BUDGETS, "short", {"epochs": 8, "steps_per_epoch": 3})
+    try:
+        shutil.copytree(out / "teachers", fresh / "teachers")  # the same teacher: results keyed by its hash
+        assert pqd_ablation.main(["--dataset", "digits", "--epochs", "5", "--seeds", "0", "--no-long",
+                                  "--orders", ",".join(TRAINED), "--out-dir", str(fresh)]) == 0
+    finally:
+        mp.undo()
+    assert {p.name: p.read_bytes() for p in folder.glob("*.json")} == before  # reused, not re-run
+    data = json.loads((fresh / "pqd_ablation" / "resnet18-digits" / "pqd_ablation.json").read_text())
+    assert data["deploy"]["size_bytes"] and "re-trained on this machine to time it" in data["deploy"]["of"]
+    assert [r["test_mean"] for r in data["short"]] == [r["test_mean"] for r in json.loads(
+        (out / "pqd_ablation" / "resnet18-digits" / "pqd_ablation.json").read_text())["short"]]
+    models = list((fresh / "pqd_ablation" / "resnet18-digits" / "models").iterdir())
+    assert [m.name.startswith("short-seed0-") for m in models] == [True]  # only the timed model was re-trained
