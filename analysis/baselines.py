@@ -198,7 +198,8 @@ def plots(rows: dict[str, list[dict]], teacher: dict, latency: dict, budget: flo
 
 @cli
 def main(argv=None):
-    from analysis.finalize import best_member, finalize, parse_budgets, parse_seeds
+    from analysis.finalize import (add_screen_args, best_member, check_screen_args, finalize, parse_budgets,
+                                   parse_seeds, screen_table)
 
     p = Parser(prog="python analysis/baselines.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--budget-gmacs", type=float, required=True)
@@ -213,12 +214,14 @@ def main(argv=None):
                    "their accuracy is shown with the seeds it has")
     p.add_argument("--long-seeds", default=None, help="seeds of the long budget (default: --seeds), so its ~8-min "
                    "runs can be added over several sessions; each row says which seeds each budget has")
+    add_screen_args(p)
     p.add_argument("--mlflow-uri", default=None)
     add_teacher_args(p)
     add_data_args(p)
     a = p.parse_args(argv)
     check_range("--budget-gmacs", a.budget_gmacs, 0.0, 10.0, lo_open=True)
     check_range("--k", a.k, 1, 100)
+    check_screen_args(a)
     seeds, budgets = parse_seeds(a.seeds), parse_budgets(a.budgets)
     int8_seeds = None if a.int8_seeds is None else parse_seeds(a.int8_seeds, "--int8-seeds")
     if int8_seeds is not None and not set(int8_seeds) <= set(seeds):
@@ -244,6 +247,8 @@ def main(argv=None):
         for experiment in a.experiment:  # a wrong experiment fails before anything trains
             search, _ = members(client, experiment, a.budget_gmacs, a.k)
             check_search_setting(search, a, experiment)
+            if a.screen:
+                search.screen_pool(a.budget_gmacs, a.screen, a.band)
     source, ds = teacher_and_data(a)
     ctx = prepare_context(a.arch, ds, source, pick_device(a.device), a.out_dir)
     target = target_of(ctx)
@@ -252,6 +257,7 @@ def main(argv=None):
     rows: dict[str, list[dict]] = {}
     from_saved: list[str] = []  # searches this MLflow store does not hold, read from their saved record
     saved_in: dict[str, Path] = {}  # rows whose results live elsewhere than folder (finalized members)
+    screenings: dict[str, list[str]] = {}  # search -> the screening that chose its finalized members
 
     def wanted(label):
         return not a.only or any(w in label for w in a.only.split(","))
@@ -263,9 +269,12 @@ def main(argv=None):
                     print(f"[baselines] {run.row}: {b} budget, seed {seed}", flush=True)
                     rows.setdefault(run.row, []).append(execute(run, ctx, target, a.budget_gmacs, folder, models))
     for experiment in a.experiment if wanted("search best") else []:
-        summaries = finalize(client, experiment, ctx, target, a.budget_gmacs, a.k, seeds_of, models=models)
+        summaries = finalize(client, experiment, ctx, target, a.budget_gmacs, a.k, seeds_of, models=models,
+                             screen_n=a.screen, band=a.band)
         if summaries[0]["search_from"] != "mlflow":
             from_saved.append(experiment)
+        if summaries[0]["screened"]:
+            screenings[experiment] = screen_table(summaries)
         best = best_member(summaries, budgets[-1])
         label = f"search best: finalized trial {best['trial_id']} of {experiment}"
         rows[label], saved_in[label] = best["results"], results_root() / "finalize" / experiment
@@ -311,6 +320,9 @@ def main(argv=None):
     for experiment in from_saved:
         md += (f"\nSearch {experiment}: its members were read from results/finalize/{experiment}/search.json, the "
                f"record finalize saved of it (this machine's MLflow store does not hold the search).\n")
+    for experiment, lines in screenings.items():
+        md += f"\nSearch {experiment}: its finalized members were chosen by screening (--screen {a.screen}). " + \
+              "\n".join(lines) + "\n"
     md = f"Command: `{a.command}`\n\n" + md
     write_text(out / "baselines.md", md)
     write_json(out / "baselines.json", {"rows": rows, "latency": latency, "teacher": ctx.teacher_record})

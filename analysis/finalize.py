@@ -61,6 +61,7 @@ class Search:
     front: list[dict]  # trial_id, run_id, config, val_top1, gmacs
     parent: object = None  # the MLflow parent run; None when read from the saved record
     saved: Path | None = None  # the record it was read from, if not MLflow
+    trials: list[dict] | None = None  # every completed trial (+ depth); None in records saved before screening
 
     def nearest(self, budget: float, k: int) -> list[dict]:
         """The K Pareto members within ``budget`` nearest it."""
@@ -69,9 +70,32 @@ class Search:
             raise UserError(f"search {self.name!r} has no Pareto member within {budget:g} GMACs")
         return sorted(within, key=lambda m: budget - m["gmacs"])[:k]
 
+    def screen_pool(self, budget: float, n: int, band: float) -> list[dict]:
+        """N completed trials within [budget*(1-band), budget] to screen at the long budget: the best
+        by search val of each depth (blocks kept) in turn, best depth first, then the second best of
+        each, and so on. Stratified by depth because the short proxy is biased against removing blocks
+        (README: the order of recipes flips between budgets), so the top-N by short val alone would
+        hardly ever promote a shallower network."""
+        if self.trials is None:
+            raise UserError(f"the saved record of search {self.name!r} ({self.saved}) predates screening and lists "
+                            f"only its Pareto members; --screen needs every trial: run it where the search's "
+                            f"MLflow store is (finalize then re-saves the record with its trials)")
+        within = [t for t in self.trials if budget * (1 - band) <= t["gmacs"] <= budget]
+        if not within:
+            raise UserError(f"search {self.name!r} has no completed trial within {band:.0%} under {budget:g} GMACs")
+        by_depth: dict[int, list[dict]] = {}
+        for t in sorted(within, key=lambda t: -t["val_top1"]):
+            by_depth.setdefault(t["depth"], []).append(t)
+        pool, queues = [], list(by_depth.values())  # dicts keep insertion order: best depth first
+        while len(pool) < n and any(queues):
+            pool += [q.pop(0) for q in queues if q][:n - len(pool)]
+        return pool
+
     def save(self) -> None:
-        write_json(saved_search_path(self.name), {"name": self.name, "params": self.params,
-                                                  "budget_gmacs": self.budget, "front": self.front})
+        record = {"name": self.name, "params": self.params, "budget_gmacs": self.budget, "front": self.front}
+        if self.trials is not None:
+            record["trials"] = self.trials
+        write_json(saved_search_path(self.name), record)
 
 
 def saved_search_path(experiment: str) -> Path:
@@ -99,7 +123,8 @@ def members(client, experiment: str, budget: float, k: int) -> tuple[Search, lis
     saved = saved_search_path(experiment)
     if exp is None and saved.exists():
         rec = json.loads(saved.read_text())
-        search = Search(rec["name"], rec["params"], float(rec["budget_gmacs"]), rec["front"], saved=saved)
+        search = Search(rec["name"], rec["params"], float(rec["budget_gmacs"]), rec["front"], saved=saved,
+                        trials=rec.get("trials"))
         why = "no MLflow store here" if client is None else "this MLflow store does not hold the search"
         print(f"[finalize] {experiment}: read from {saved} ({why}; finalized runs are saved under results/ but not "
               f"logged to MLflow)", flush=True)
@@ -112,13 +137,23 @@ def members(client, experiment: str, budget: float, k: int) -> tuple[Search, lis
     if not parents:
         raise UserError(f"experiment {experiment!r} holds no search run; it was not written by search/frontier.py")
     parent = parents[-1]
-    front = [{"trial_id": r.data.tags.get("trial_id"), "run_id": r.info.run_id, "config": config_of(r.data.params),
-              "val_top1": r.data.metrics.get("val_top1"), "gmacs": r.data.metrics["gmacs"]} for r in runs
-             if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and r.data.tags.get("role") == "trial"
-             and r.data.tags.get("pareto") == "true" and "gmacs" in r.data.metrics]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+              and r.data.tags.get("role") == "trial" and "gmacs" in r.data.metrics]
+
+    def member(r) -> dict:
+        return {"trial_id": r.data.tags.get("trial_id"), "run_id": r.info.run_id, "config": config_of(r.data.params),
+                "val_top1": r.data.metrics.get("val_top1"), "gmacs": r.data.metrics["gmacs"]}
+    front = [member(r) for r in trials if r.data.tags.get("pareto") == "true"]
+    done = [{**member(r), "depth": depth(json.loads(r.data.tags["keep_cfg"]))} for r in trials
+            if r.data.tags.get("status") == "completed" and "keep_cfg" in r.data.tags and "val_top1" in r.data.metrics]
     search = Search(experiment, dict(parent.data.params), float(parent.data.tags.get("budget_gmacs", budget)),
-                    sorted(front, key=lambda m: m["gmacs"]), parent)
+                    sorted(front, key=lambda m: m["gmacs"]), parent, trials=sorted(done, key=lambda m: m["gmacs"]))
     return search, search.nearest(budget, k)
+
+
+def depth(keep_cfg: dict) -> int:
+    """Blocks a compiled network keeps, over all stages (keep_cfg is the library's, for every adapter)."""
+    return sum(len(kept) for kept in keep_cfg["blocks"].values())
 
 
 SEARCH_DATA_FLAGS = ("dataset", "data_dir", "resolution", "val_size", "split_seed", "mean", "std")
@@ -164,8 +199,9 @@ def check_search_setting(search: Search, a, experiment: str) -> None:
                         f"so its members are re-trained from its teacher on its data")
 
 
-def log_finalized(client, search: Search, member: dict, result: dict) -> None:
-    """One MLflow child run of the search's parent per finalized (member, budget, seed)."""
+def log_finalized(client, search: Search, member: dict, result: dict, screened: bool = False) -> None:
+    """One MLflow child run of the search's parent per finalized (member, budget, seed); a screening
+    run is one too, tagged ``screened``."""
     from mlflow.entities import Metric, Param
 
     parent = search.parent
@@ -174,7 +210,8 @@ def log_finalized(client, search: Search, member: dict, result: dict) -> None:
                             tags={"mlflow.parentRunId": parent.info.run_id, "role": "finalized", "finalized": "true",
                                   "trial_id": member["trial_id"], "budget": result["run"]["budget"],
                                   "seed": str(result["run"]["seed"]), "kd": "tuned" if result["run"]["tuned_kd"]
-                                  else "fixed", "keep_cfg": str(result["keep_cfg"])[:5000]})
+                                  else "fixed", "keep_cfg": str(result["keep_cfg"])[:5000],
+                                  "screened": str(screened).lower()})
     now = int(time.time() * 1000)
     client.log_batch(run.info.run_id, metrics=[Metric(m, float(result[m]), now, 0) for m in
                                                 ("val_top1", "test_top1", "gmacs", "params") if result.get(m) is not None],
@@ -182,15 +219,42 @@ def log_finalized(client, search: Search, member: dict, result: dict) -> None:
     client.set_terminated(run.info.run_id, status="FINISHED")
 
 
+def screen(client, search: Search, ctx, target, budget: float, k: int, n: int, band: float, at: str, seed: int,
+           tuned: bool, models: Path | None, logged: set) -> tuple[list[dict], list[dict]]:
+    """Multi-fidelity selection: train ``screen_pool``'s N trials once (budget ``at``, one seed) and keep
+    the K best by that val. Returns (every screened trial with its screening val, the K kept)."""
+    folder = results_root() / "finalize" / search.name
+    screened = []
+    for t in search.screen_pool(budget, n, band):
+        run = Run(f"search {t['trial_id']}", "config", at, seed, config=t["config"], tuned_kd=tuned)
+        print(f"[finalize] {search.name} screening trial {t['trial_id']} (depth {t['depth']}): {at} budget, "
+              f"seed {seed}", flush=True)
+        result = execute(run, ctx, target, budget, folder, models)
+        if search.parent is not None:
+            log_finalized(client, search, t, result, screened=True)
+            logged.add((t["trial_id"], at, seed))
+        screened.append({**t, "screen_val": result["val_top1"], "screen_budget": at, "screen_seed": seed})
+    return screened, sorted(screened, key=lambda t: -t["screen_val"])[:k]
+
+
 def finalize(client, experiment: str, ctx, target, budget: float, k: int, seeds: dict[str, list[int]],
-             tuned: bool = False, models: Path | None = None) -> list[dict]:
+             tuned: bool = False, models: Path | None = None, screen_n: int = 0,
+             band: float = 0.2) -> list[dict]:
     """Train the K members nearest the budget at every training budget and each of its seeds (``seeds``:
-    budget -> seeds, in order); return one summary per member. The search's record is saved first
+    budget -> seeds, in order); return one summary per member. With ``screen_n``, the K are instead the
+    best by val of ``screen_n`` trials screened at the last budget on its first seed (``screen``); the
+    summaries then carry that screening. The search's record is saved first
     (results/finalize/NAME/search.json), so its members can be re-trained where its MLflow store is not."""
     search, chosen = members(client, experiment, budget, k)
     if search.parent is not None:
         search.save()
     folder = results_root() / "finalize" / experiment
+    logged: set = set()
+    screened = None
+    if screen_n:
+        at = list(seeds)[-1]
+        screened, chosen = screen(client, search, ctx, target, budget, k, screen_n, band, at, seeds[at][0], tuned,
+                                  models, logged)
     out = []
     for member in chosen:
         config, tid = member["config"], member["trial_id"]
@@ -200,11 +264,12 @@ def finalize(client, experiment: str, ctx, target, budget: float, k: int, seeds:
                 run = Run(f"search {tid}", "config", b, seed, config=config, tuned_kd=tuned)
                 print(f"[finalize] {experiment} trial {tid}: {b} budget, seed {seed}", flush=True)
                 result = execute(run, ctx, target, budget, folder, models)
-                if search.parent is not None:
+                if search.parent is not None and (tid, b, seed) not in logged:
                     log_finalized(client, search, member, result)
                 results.append(result)
         out.append({"trial_id": tid, "run_id": member["run_id"], "config": config, "search_val": member["val_top1"],
-                    "results": results, "search_from": str(search.saved) if search.saved else "mlflow"})
+                    "results": results, "search_from": str(search.saved) if search.saved else "mlflow",
+                    "screened": screened})
     return out
 
 
@@ -226,12 +291,14 @@ def main(argv=None):
     p.add_argument("--budgets", default="long", help=f"comma-separated, of {', '.join(BUDGETS)} (default long)")
     p.add_argument("--kd", default="fixed", choices=("fixed", "tuned"), help="fixed: the baselines' KD settings "
                    "(default); tuned: each member's own sampled KD knobs")
+    add_screen_args(p)
     p.add_argument("--mlflow-uri", default=None, help="default sqlite:///OUT/mlflow.db")
     add_teacher_args(p)
     add_data_args(p)
     a = p.parse_args(argv)
     seeds, budgets = parse_seeds(a.seeds), parse_budgets(a.budgets)
     check_range("--k", a.k, 1, 100)
+    check_screen_args(a)
     from m2mdc.compiler import target_of
     from m2mdc.context import prepare_context
     from m2mdc.device import pick_device
@@ -241,11 +308,13 @@ def main(argv=None):
     search, _ = members(client, a.experiment, a.budget_gmacs or 1e9, a.k)
     budget = a.budget_gmacs or search.budget
     check_search_setting(search, a, a.experiment)
+    if a.screen:
+        search.screen_pool(budget, a.screen, a.band)  # a record without its trials fails before anything trains
     source, ds = teacher_and_data(a)
     ctx = prepare_context(a.arch, ds, source, pick_device(a.device), a.out_dir)
     summaries = finalize(client, a.experiment, ctx, target_of(ctx), budget, a.k, {b: seeds for b in budgets},
-                         a.kd == "tuned", ensure_writable(root / "finalize" / a.experiment))
-    lines = ["| trial | val top-1 in the search | budget | val top-1 | test top-1 | GMACs | params | seeds |",
+                         a.kd == "tuned", ensure_writable(root / "finalize" / a.experiment), a.screen, a.band)
+    lines = screen_table(summaries) + ["| trial | val top-1 in the search | budget | val top-1 | test top-1 | GMACs | params | seeds |",
              "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         for b in budgets:
@@ -258,6 +327,37 @@ def main(argv=None):
     print(md)
     print(f"best by mean val ({budgets[-1]}): trial {best_member(summaries, budgets[-1])['trial_id']}")
     return 0
+
+
+def add_screen_args(p) -> None:
+    p.add_argument("--screen", type=int, default=0, metavar="N",
+                   help="multi-fidelity selection: train N completed trials within --band of the budget (the best "
+                        "of each depth in turn) once at the last --budgets budget, then finalize the K best by that "
+                        "val instead of the K Pareto members nearest the budget (default 0: off)")
+    p.add_argument("--band", type=float, default=0.2,
+                   help="with --screen: trials within [budget*(1-band), budget] GMACs are screened (default 0.2)")
+
+
+def check_screen_args(a) -> None:
+    if a.screen:
+        check_range("--screen", a.screen, a.k, 100, hint="screen at least --k trials, so K can be kept")
+    check_range("--band", a.band, 0.0, 1.0, lo_open=True)
+
+
+def screen_table(summaries: list[dict]) -> list[str]:
+    """The screening behind the chosen members (empty without --screen): what each trial scored."""
+    screened = summaries[0]["screened"] if summaries else None
+    if not screened:
+        return []
+    kept = {s["trial_id"] for s in summaries}
+    lines = [f"Screened at the {screened[0]['screen_budget']} budget, seed {screened[0]['screen_seed']} "
+             f"(the {len(kept)} best by val are finalized):", "",
+             "| trial | blocks kept | GMACs | val top-1 in the search | val top-1 screened | finalized |",
+             "|---|---|---|---|---|---|"]
+    for t in screened:
+        lines.append(f"| {t['trial_id']} | {t['depth']} | {t['gmacs']:.4f} | {t['val_top1']:.2f} | "
+                     f"{t['screen_val']:.2f} | {'yes' if t['trial_id'] in kept else 'no'} |")
+    return lines + [""]
 
 
 def parse_seeds(text: str, option: str = "--seeds") -> list[int]:

@@ -85,12 +85,15 @@ CASES = {
         (["--budget-gmacs", "0.02", "--budgets", "short", "--long-seeds", "0"], "needs the long budget"),
         (["--budget-gmacs", "0.02", "--long-seeds", "x"], "--long-seeds 'x' must be comma-separated integers"),
         (["--budget-gmacs", "0.02", "--experiment", "a", "--experiment", "a"], "--experiment repeats a search"),
+        (["--budget-gmacs", "0.02", "--k", "2", "--screen", "1"], "screen at least --k trials"),
     ],
     "analysis.finalize": [
         (["--experiment", "nope", "--mlflow-uri", "{store}"], "no MLflow experiment named 'nope'"),
         (["--experiment", "exists-but-empty", "--mlflow-uri", "{store}"], "holds no search run"),
         (["--experiment", "x", "--mlflow-uri", "sqlite:///{offline}/m.db"], "no MLflow store"),
         (["--experiment", "x", "--seeds", "a"], "must be comma-separated integers"),
+        (["--experiment", "x", "--k", "3", "--screen", "2"], "screen at least --k trials"),
+        (["--experiment", "x", "--screen", "4", "--band", "0"], "--band=0.0 is outside"),
     ],
     "analysis.proxy_rank": [
         (["--experiment", "nope", "--mlflow-uri", "{store}"], "no MLflow experiment named 'nope'"),

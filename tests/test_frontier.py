@@ -520,3 +520,43 @@ def test_proxy_rank_retrains_spread_trials_at_both_budgets(out, tmp_path):
     want = kendalltau([x["short_val"] for x in rows], [x["long_val"] for x in rows]).statistic
     assert data["tau"] == pytest.approx(want, nan_ok=True)
     assert "Kendall tau" in (out / "proxy_rank" / "resumable" / "proxy_rank.md").read_text()
+
+
+def test_finalize_screen_picks_the_best_screened_trial_and_logs_each_run_once(out, tmp_path):
+    """--screen N: N completed trials (the best of each depth in turn) trained once at the last budget;
+    the K best by that val are finalized; every trained run is one MLflow child, none twice."""
+    results = tmp_path / "results"
+    args = ["analysis/finalize.py", "--experiment", "resumable", "--k", "1", "--screen", "3", "--band", "1",
+            "--seeds", "0", "--budgets", "short", "--dataset", "digits", "--epochs", "5", "--out-dir", str(out)]
+    r = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "M2MDC_RESULTS_DIR": str(results)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    client, parents, children = mlflow_runs(out, "resumable")
+    exp = client.get_experiment_by_name("resumable")
+    finalized = [x for x in client.search_runs([exp.experiment_id]) if x.data.tags.get("role") == "finalized"]
+    screened = [x for x in finalized if x.data.tags["screened"] == "true"]
+    assert len(screened) == 3 == len(finalized)  # the chosen member's seed-0 run is its screening run
+    # the screened trials are the rule applied to the search's own trials, recomputed here from MLflow
+    done = [c for c in children if c.data.tags["status"] == "completed"]
+    depth = {c.data.tags["trial_id"]: sum(len(b) for b in json.loads(c.data.tags["keep_cfg"])["blocks"].values())
+             for c in done}
+    best_first = sorted(done, key=lambda c: -c.data.metrics["val_top1"])
+    firsts = list(dict.fromkeys(depth[c.data.tags["trial_id"]] for c in best_first))
+    want, taken = [], set()
+    while len(want) < min(3, len(done)):
+        for d in firsts:
+            left = [c.data.tags["trial_id"] for c in best_first if depth[c.data.tags["trial_id"]] == d
+                    and c.data.tags["trial_id"] not in taken]
+            if left and len(want) < 3:
+                want.append(left[0])
+                taken.add(left[0])
+    assert [x.data.tags["trial_id"] for x in sorted(screened, key=lambda x: x.info.start_time)] == want
+    saved = {json.loads(p.read_text())["row"].split()[-1]: json.loads(p.read_text())
+             for p in (results / "finalize" / "resumable").glob("short-seed0-*.json")}
+    assert set(saved) == set(want)
+    chosen = max(want, key=lambda t: saved[t]["val_top1"])  # selection by the screening val, never test
+    table = [line for line in r.stdout.splitlines() if line.startswith("| ")]
+    assert f"| {chosen} | " in "\n".join(line for line in table if line.endswith("| yes |"))
+    assert f"best by mean val (short): trial {chosen}" in r.stdout
+    record = json.loads((results / "finalize" / "resumable" / "search.json").read_text())
+    assert {t["trial_id"] for t in record["trials"]} == set(depth)  # the record keeps every completed trial
