@@ -11,6 +11,10 @@ its result saved under results/finalize/NAME/ and reused when the teacher matche
 (its settings and Pareto members) is saved there too, as search.json: on a machine whose MLflow store
 does not hold the search (a fresh clone), finalize and baselines re-train its members from that record
 and say so; only the MLflow children are then not logged.
+
+With ``--screen N`` the K are chosen at the long budget instead of by the search's short proxy
+(multi-fidelity selection): N completed trials near the budget, stratified by depth, are trained once
+at the last budget and the K best by that val are finalized (``Search.screen_pool``, ``screen``).
 """
 from __future__ import annotations
 
