@@ -8,7 +8,8 @@ Every order starts from the same teacher and ends with the same architecture and
 seed-0 P->Q->D model, and shown once. P = magnitude pruning + CE repair, Q = QAT with CE under
 fake-quant, D = KD with the fixed KD settings of analysis/study.py (the paper's ramped loss plus
 Hinton's KL). The short budget (the quick profile's 8 epochs of 40 batches) runs every order; the
-long budget (8 full epochs) runs P->Q->D and the order with the best mean *val* at the short budget.
+long budget (8 full epochs) runs P->Q->D and the order with the best mean *val* at the short budget
+(or the orders ``--long-orders`` names, e.g. to settle a short-budget tie).
 An order is called the winner only when its mean test top-1 beats the runner-up's by more than
 twice the larger of their seed standard deviations. Each (order, budget, seed) result is a small JSON
 under results/pqd_ablation/ARCH-DATASET/, reused while the teacher's weights match.
@@ -83,8 +84,9 @@ def wall_time(results: list[dict]) -> str:
     for budget in BUDGETS:
         minutes = [r["minutes"] for r in results if r["run"]["budget"] == budget]
         if minutes:
+            where = sorted({r["machine"].split(",")[0] for r in results if r["run"]["budget"] == budget})
             parts.append(f"{budget} budget {len(minutes)} runs, {sum(minutes):.0f} min in all ({min(minutes):.1f}-"
-                         f"{max(minutes):.1f} min a run)")
+                         f"{max(minutes):.1f} min a run, on {' and '.join(where)})")
     return "; ".join(parts)
 
 
@@ -126,6 +128,9 @@ def main(argv=None):
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--orders", default=",".join(PQD_ORDERS), help="comma-separated orders (default: all six)")
     p.add_argument("--no-long", action="store_true", help="skip the long budget (P->Q->D and the short winner)")
+    p.add_argument("--long-orders", default=None, help="comma-separated orders to run at the long budget "
+                   "(default: P->Q->D and the order with the best mean val at the short budget), e.g. pqd,qpd "
+                   "to settle a short-budget tie")
     p.add_argument("--no-latency", action="store_true", help="skip the INT8 size and latency measurement")
     add_teacher_args(p)
     add_data_args(p)
@@ -135,6 +140,10 @@ def main(argv=None):
     bad = [o for o in orders if o not in PQD_ORDERS]
     if bad or not orders:
         raise UserError(f"--orders {a.orders!r}: each must be one of {', '.join(PQD_ORDERS)}")
+    long_chosen = None if a.long_orders is None else [o.strip() for o in a.long_orders.split(",") if o.strip()]
+    if long_chosen is not None and (not long_chosen or not set(long_chosen) <= set(orders) or a.no_long):
+        raise UserError(f"--long-orders {a.long_orders!r}: each must be one of --orders ({', '.join(orders)}), "
+                        f"and not with --no-long")
     from m2mdc.compiler import target_of
     from m2mdc.context import prepare_context
     from m2mdc.device import pick_device
@@ -150,7 +159,7 @@ def main(argv=None):
         print(f"[pqd-ablation] {run.row}: short budget, seed {run.seed}", flush=True)
         results.append(execute(run, ctx, target, None, folder, models))
     short = summarise(results, orders, "short")
-    long_orders = [] if a.no_long else list(dict.fromkeys(
+    long_orders = [] if a.no_long else long_chosen or list(dict.fromkeys(
         [o for o in ("pqd",) if o in orders] + [max(short, key=lambda r: r["val_mean"])["recipe"]]))
     for run in ablation_runs(long_orders, "long", seeds):
         print(f"[pqd-ablation] {run.row}: long budget, seed {run.seed}", flush=True)
@@ -178,7 +187,7 @@ def main(argv=None):
                f" batch 64 {deploy['bs64_images_per_s']:.0f} img/s, backend {deploy['backend']}, measured on "
                f"{deploy['of']}.")
     md = (f"Command: `{a.command}`\n\n" + md + f"\n\nWall time: {wall_time(results)} (wall clock on a shared machine: "
-          f"other jobs may have run alongside).\n\nMachine: {machine()}.\n")
+          f"other jobs may have run alongside).\n\nMachine of this run (the INT8 timing): {machine()}.\n")
     out = ensure_writable(root / "pqd_ablation" / name)
     write_text(out / "pqd_ablation.md", md)
     write_json(out / "pqd_ablation.json", {"short": short, "long": long, "deploy": deploy,

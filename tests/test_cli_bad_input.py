@@ -120,6 +120,8 @@ CASES = {
     ],
     "analysis.pqd_ablation": [
         (["--orders", "pqd,pqx"], "--orders 'pqd,pqx': each must be one of"),
+        (["--orders", "pqd,dpq", "--long-orders", "qpd"], "--long-orders 'qpd': each must be one of --orders"),
+        (["--long-orders", "pqd", "--no-long"], "and not with --no-long"),
         (["--teacher", "{seven}", "--dataset", "digits"], "has a 7-class head"),
         (["--teacher", "{corrupt}", "--dataset", "digits"], "is corrupt"),
         (OFFLINE, "could not be downloaded"),
