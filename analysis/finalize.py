@@ -119,7 +119,7 @@ def search_store(uri: str | None, root: Path, experiments: list[str]):
         raise
 
 
-def members(client, experiment: str, budget: float, k: int) -> tuple[Search, list[dict]]:
+def members(client, experiment: str, budget: float, k: int, say: bool = True) -> tuple[Search, list[dict]]:
     """(the search, its K Pareto members within ``budget`` nearest it), from the search's MLflow runs,
     or from its saved record where there is no MLflow store or it does not hold the search (said on
     stdout)."""
@@ -130,8 +130,9 @@ def members(client, experiment: str, budget: float, k: int) -> tuple[Search, lis
         search = Search(rec["name"], rec["params"], float(rec["budget_gmacs"]), rec["front"], saved=saved,
                         trials=rec.get("trials"))
         why = "no MLflow store here" if client is None else "this MLflow store does not hold the search"
-        print(f"[finalize] {experiment}: read from {saved} ({why}; finalized runs are saved under results/ but not "
-              f"logged to MLflow)", flush=True)
+        if say:
+            print(f"[finalize] {experiment}: read from {saved} ({why}; finalized runs are saved under results/ but not "
+                  f"logged to MLflow)", flush=True)
         return search, search.nearest(budget, k)
     if exp is None:
         raise UserError(f"no MLflow experiment named {experiment!r} and no saved record of it ({saved}); run "
@@ -249,7 +250,7 @@ def finalize(client, experiment: str, ctx, target, budget: float, k: int, seeds:
     best by val of ``screen_n`` trials screened at the last budget on its first seed (``screen``); the
     summaries then carry that screening. The search's record is saved first
     (results/finalize/NAME/search.json), so its members can be re-trained where its MLflow store is not."""
-    search, chosen = members(client, experiment, budget, k)
+    search, chosen = members(client, experiment, budget, k, say=False)  # the caller's check has said where from
     if search.parent is not None:
         search.save()
     folder = results_root() / "finalize" / experiment
