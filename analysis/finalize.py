@@ -224,20 +224,24 @@ def log_finalized(client, search: Search, member: dict, result: dict, screened: 
     client.set_terminated(run.info.run_id, status="FINISHED")
 
 
+def member_run(trial: dict, budget: str, seed: int, tuned: bool) -> Run:
+    """The study run that re-trains one trial of a search (the same key whether screened or finalized)."""
+    return Run(f"search {trial['trial_id']}", "config", budget, seed, config=trial["config"], tuned_kd=tuned)
+
+
 def screen(client, search: Search, ctx, target, budget: float, k: int, n: int, band: float, at: str, seed: int,
-           tuned: bool, models: Path | None, logged: set) -> tuple[list[dict], list[dict]]:
+           tuned: bool, models: Path | None) -> tuple[list[dict], list[dict]]:
     """Multi-fidelity selection: train ``screen_pool``'s N trials once (budget ``at``, one seed) and keep
     the K best by that val. Returns (every screened trial with its screening val, the K kept)."""
     folder = results_root() / "finalize" / search.name
     screened = []
     for t in search.screen_pool(budget, n, band):
-        run = Run(f"search {t['trial_id']}", "config", at, seed, config=t["config"], tuned_kd=tuned)
+        run = member_run(t, at, seed, tuned)
         print(f"[finalize] {search.name} screening trial {t['trial_id']} (depth {t['depth']}): {at} budget, "
               f"seed {seed}", flush=True)
         result = execute(run, ctx, target, budget, folder, models)
         if search.parent is not None:
             log_finalized(client, search, t, result, screened=True)
-            logged.add((t["trial_id"], at, seed))
         screened.append({**t, "screen_val": result["val_top1"], "screen_budget": at, "screen_seed": seed})
     return screened, sorted(screened, key=lambda t: -t["screen_val"])[:k]
 
@@ -254,19 +258,19 @@ def finalize(client, experiment: str, ctx, target, budget: float, k: int, seeds:
     if search.parent is not None:
         search.save()
     folder = results_root() / "finalize" / experiment
-    logged: set = set()
-    screened = None
+    screened, logged = None, set()  # logged: (trial, budget, seed) runs screening has already logged
     if screen_n:
         at = list(seeds)[-1]
         screened, chosen = screen(client, search, ctx, target, budget, k, screen_n, band, at, seeds[at][0], tuned,
-                                  models, logged)
+                                  models)
+        logged = {(t["trial_id"], at, seeds[at][0]) for t in screened}
     out = []
     for member in chosen:
         config, tid = member["config"], member["trial_id"]
         results = []
         for b, budget_seeds in seeds.items():
             for seed in budget_seeds:
-                run = Run(f"search {tid}", "config", b, seed, config=config, tuned_kd=tuned)
+                run = member_run(member, b, seed, tuned)
                 print(f"[finalize] {experiment} trial {tid}: {b} budget, seed {seed}", flush=True)
                 result = execute(run, ctx, target, budget, folder, models)
                 if search.parent is not None and (tid, b, seed) not in logged:
@@ -319,8 +323,9 @@ def main(argv=None):
     ctx = prepare_context(a.arch, ds, source, pick_device(a.device), a.out_dir)
     summaries = finalize(client, a.experiment, ctx, target_of(ctx), budget, a.k, {b: seeds for b in budgets},
                          a.kd == "tuned", ensure_writable(root / "finalize" / a.experiment), a.screen, a.band)
-    lines = screen_table(summaries) + ["| trial | val top-1 in the search | budget | val top-1 | test top-1 | GMACs | params | seeds |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = screen_table(summaries) + [
+        "| trial | val top-1 in the search | budget | val top-1 | test top-1 | GMACs | params | seeds |",
+        "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         for b in budgets:
             rs = [r for r in s["results"] if r["run"]["budget"] == b]

@@ -119,6 +119,13 @@ def int8_deployment(result: dict, models: Path) -> dict:
                      if result.get("model_retrained") else "")}
 
 
+def parse_orders(text: str, allowed, option: str, rule: str) -> list[str]:
+    orders = [o.strip() for o in text.split(",") if o.strip()]
+    if not orders or not set(orders) <= set(allowed):
+        raise UserError(f"{option} {text!r}: {rule}")
+    return orders
+
+
 @cli
 def main(argv=None):
     from analysis.finalize import parse_seeds
@@ -136,14 +143,10 @@ def main(argv=None):
     add_data_args(p)
     a = p.parse_args(argv)
     seeds = parse_seeds(a.seeds)
-    orders = [o.strip() for o in a.orders.split(",") if o.strip()]
-    bad = [o for o in orders if o not in PQD_ORDERS]
-    if bad or not orders:
-        raise UserError(f"--orders {a.orders!r}: each must be one of {', '.join(PQD_ORDERS)}")
-    long_chosen = None if a.long_orders is None else [o.strip() for o in a.long_orders.split(",") if o.strip()]
-    if long_chosen is not None and (not long_chosen or not set(long_chosen) <= set(orders) or a.no_long):
-        raise UserError(f"--long-orders {a.long_orders!r}: each must be one of --orders ({', '.join(orders)}), "
-                        f"and not with --no-long")
+    orders = parse_orders(a.orders, PQD_ORDERS, "--orders", f"each must be one of {', '.join(PQD_ORDERS)}")
+    long_chosen = None if a.long_orders is None else parse_orders(
+        a.long_orders, [] if a.no_long else orders, "--long-orders",
+        f"each must be one of --orders ({', '.join(orders)}), and not with --no-long")
     from m2mdc.compiler import target_of
     from m2mdc.context import prepare_context
     from m2mdc.device import pick_device

@@ -20,7 +20,7 @@ from m2mdc.cli.args import add_data_args, add_teacher_args, teacher_and_data
 from m2mdc.errors import Parser, UserError, check_range, cli
 from m2mdc.io import ensure_writable, out_root, write_json, write_text
 
-from analysis.study import BUDGETS, Run, execute, machine, results_root
+from analysis.study import BUDGETS, execute, machine, results_root
 
 BOOTSTRAP = 2000
 
@@ -61,7 +61,7 @@ def kendall_with_interval(short: list[float], long: list[float], seed: int = 0) 
 
 @cli
 def main(argv=None):
-    from analysis.finalize import config_of, parse_seeds
+    from analysis.finalize import config_of, member_run, parse_seeds
 
     p = Parser(prog="python analysis/proxy_rank.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", required=True, help="a finished frontier search (its MLflow experiment)")
@@ -108,8 +108,8 @@ def main(argv=None):
             got = []
             for seed in seeds:
                 print(f"[proxy-rank] {i}/{len(chosen)} trial {tid}: {b} budget, seed {seed}", flush=True)
-                got.append(execute(Run(f"search {tid}", "config", b, seed, config=config), ctx, target, budget,
-                                   folder)["val_top1"])
+                got.append(execute(member_run({"trial_id": tid, "config": config}, b, seed, tuned=False), ctx,
+                                   target, budget, folder)["val_top1"])
             vals[b] = sum(got) / len(got)
         rows.append({"trial_id": tid, "gmacs": trial.data.metrics["gmacs"], "search_val": trial.data.metrics["val_top1"],
                      "short_val": vals["short"], "long_val": vals["long"]})
