@@ -161,12 +161,13 @@ def execute(run: Run, ctx, target, budget_gmacs: float, folder: Path, models: Pa
         plan = split_epochs(plan, b["epochs"])
     else:
         plan = plan_of(run, target, budget_gmacs)
-    def progress(row):  # one line an epoch: a long-budget run is minutes of otherwise silent training
+
+    def progress(row):  # one line an epoch when the step logs are off: a long-budget run is minutes of silence
         val = f", val top-1 {row['val_top1']:.2f}%" if "val_top1" in row else ""
         print(f"[study]   {run.row}: {run.budget} seed {run.seed}, step {row['step_index']} {row['step']} "
               f"epoch {row.get('epoch', '?')}{val} ({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
 
-    model, record = run_plan(plan, ctx, quiet=quiet, init=init, on_epoch=progress)
+    model, record = run_plan(plan, ctx, quiet=quiet, init=init, on_epoch=progress if quiet else None)
     if models is not None:
         save_result(model, record, models / path.stem)
     if saved is not None:
