@@ -34,7 +34,8 @@ def _isolate_outputs(tmp_path, monkeypatch):
 
 
 # The longest files first (measured: `make test` prints --durations): with two xdist workers taking one
-# file at a time, a long file started last would leave one core idle at the end.
+# file at a time, a long file started last would leave one core idle at the end. This order only holds
+# with --no-loadscope-reorder (the Makefile passes it): xdist otherwise sorts files by their test count.
 LONGEST_FIRST = ("test_frontier.py", "test_readme_examples.py", "test_pqd_ablation.py", "test_ray_cluster.py",
                  "test_cli_bad_input.py", "test_own_model.py", "test_quant.py", "test_pqd.py")
 
