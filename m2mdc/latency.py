@@ -134,22 +134,24 @@ def compile_for_cpu(model: nn.Module, example: torch.Tensor) -> tuple[Callable[[
     return compiled, "inductor"
 
 
-def as_shipped(model: nn.Module, resolution: int, int8: bool, compiled: bool = True):
+def as_shipped(model: nn.Module, resolution: int, int8: bool, compiled: bool = True, batch: int = 1):
     """(callable, backend) of ``model`` as it would ship on this CPU: compiled with inductor
-    ("inductor"), or the model itself ("eager", or "eager-fallback" when compiling failed)."""
+    ("inductor"), or the model itself ("eager", or "eager-fallback" when compiling failed).
+    Compiled for ``batch`` (other sizes recompile on first use, so pass the size you will time)."""
     cpu_model = model if int8 else copy.deepcopy(model).to(CPU).eval()  # INT8 graphs are CPU-only already
     if not compiled:
         return cpu_model, "eager"
-    return compile_for_cpu(cpu_model, torch.zeros(1, 3, resolution, resolution))
+    return compile_for_cpu(cpu_model, torch.zeros(batch, 3, resolution, resolution))
 
 
 def shipped_latency(model: nn.Module, resolution: int, int8: bool, batch: int = 1, threads: int | None = None,
                     repeats: int = 30, compiled: bool = True, rounds: int = 1) -> dict:
     """``time_forward`` of the shipped form of ``model`` plus the backend that ran. Compiled under the
-    timed thread count: inductor bakes the thread count into its kernels."""
+    timed thread count: inductor bakes the thread count into its kernels, and for the timed batch
+    only (a batch-1 build first would be a second, unused compile)."""
     threads = threads or default_threads()
     with torch_threads(threads):
-        fn, backend = as_shipped(model, resolution, int8, compiled)
+        fn, backend = as_shipped(model, resolution, int8, compiled, batch=batch)
     return {**time_forward(fn, resolution, batch=batch, threads=threads, repeats=repeats, rounds=rounds),
             "backend": backend}
 
