@@ -18,6 +18,8 @@ import yaml
 from m2mdc import metrics
 from m2mdc.models import get_adapter
 from search.pareto import non_dominated
+from tests.shrunk import PREFIX as SHRUNK
+from tests.shrunk import SHORT_STEPS
 
 REPO = Path(__file__).resolve().parents[1]
 LEAN = REPO / "tests" / "data" / "space-lean.yaml"
@@ -332,7 +334,7 @@ def test_finalize_refuses_another_teacher_than_the_searchs(out, tmp_path):
 
 def test_finalize_logs_finalized_children_under_the_parent(out, tmp_path):
     results = tmp_path / "results"
-    r = subprocess.run([sys.executable, "analysis/finalize.py", "--experiment", "failing", "--k", "1", "--seeds", "0",
+    r = subprocess.run([*SHRUNK, "analysis/finalize.py", "--experiment", "failing", "--k", "1", "--seeds", "0",
                         "--budgets", "short", "--dataset", "digits", "--epochs", "5", "--out-dir", str(out)], cwd=REPO,
                        capture_output=True, text=True, timeout=900, env={**os.environ, "M2MDC_RESULTS_DIR": str(results)})
     assert r.returncode == 0, r.stderr[-3000:]
@@ -347,7 +349,7 @@ def test_finalize_logs_finalized_children_under_the_parent(out, tmp_path):
     saved = json.loads((results / "finalize" / "failing" / "search.json").read_text())
     assert member.info.run_id in {m["run_id"] for m in saved["front"]} and saved["params"]["dataset"] == "digits"
     empty = f"sqlite:///{tmp_path / 'elsewhere.db'}"
-    again = subprocess.run([sys.executable, "analysis/finalize.py", "--experiment", "failing", "--k", "1", "--seeds",
+    again = subprocess.run([*SHRUNK, "analysis/finalize.py", "--experiment", "failing", "--k", "1", "--seeds",
                             "0", "--budgets", "short", "--dataset", "digits", "--epochs", "5", "--out-dir", str(out),
                             "--mlflow-uri", empty], cwd=REPO, capture_output=True, text=True, timeout=900,
                            env={**os.environ, "M2MDC_RESULTS_DIR": str(results)})
@@ -366,6 +368,7 @@ def test_finalize_logs_finalized_children_under_the_parent(out, tmp_path):
     saved = json.loads(next((results / "finalize" / "failing").glob("short-seed0-*.json")).read_text())
     assert finalized[0].data.metrics["test_top1"] == pytest.approx(saved["test_top1"])
     assert saved["kd_epochs_trained"] == 8  # the short budget's total, spread over the member's repairs
+    assert saved["kd_settings"]["steps_per_epoch"] == SHORT_STEPS  # of batches cut by tests/shrunk.py
     from analysis import review  # finalized children do not count as trials of the search
 
     assert len(review.load_search(client, "failing").trials) == 3
@@ -376,7 +379,7 @@ def test_baselines_train_every_row_with_the_same_settings(out, tmp_path):
     handed (the plans it ran), not on a label; the tuned row keeps the search's own KD knobs."""
     pytest.importorskip("torch_pruning")
     results = tmp_path / "results"
-    r = subprocess.run([sys.executable, "analysis/baselines.py", "--budget-gmacs", str(BUDGET), "--dataset", "digits",
+    r = subprocess.run([*SHRUNK, "analysis/baselines.py", "--budget-gmacs", str(BUDGET), "--dataset", "digits",
                         "--epochs", "5", "--experiment", "failing", "--k", "1", "--seeds", "0", "--budgets", "short",
                         "--only", "uniform,global,Taylor,M2M-DC,search", "--out-dir", str(out)], cwd=REPO, capture_output=True,
                        text=True, timeout=1500, env={**os.environ, "M2MDC_RESULTS_DIR": str(results)})
@@ -391,7 +394,7 @@ def test_baselines_train_every_row_with_the_same_settings(out, tmp_path):
     tuned = [res for label, rs in rows.items() if "own sampled KD" in label for res in rs]
     assert len(fixed) >= 4 and tuned
     assert all(res["kd_settings"] == fixed[0]["kd_settings"] for res in fixed)  # what training was handed
-    assert fixed[0]["kd_settings"]["kl_weight"] == 1.0 and fixed[0]["kd_settings"]["steps_per_epoch"] == 40
+    assert fixed[0]["kd_settings"]["kl_weight"] == 1.0 and fixed[0]["kd_settings"]["steps_per_epoch"] == SHORT_STEPS
     assert {res["epochs_trained"] for res in fixed + tuned} == {8}
     assert all(res["gmacs"] <= BUDGET for res in fixed + tuned)
     client, _, children = mlflow_runs(out, "failing")
@@ -410,7 +413,7 @@ def test_baselines_train_every_row_with_the_same_settings(out, tmp_path):
     saved = results / "baselines" / "resnet18-digits-b0.02" / f"short-seed0-{uniform['key']}.json"
     before = saved.read_bytes()
     shutil.rmtree(folder / "models" / saved.stem)
-    again = subprocess.run([sys.executable, "analysis/baselines.py", "--budget-gmacs", str(BUDGET), "--dataset",
+    again = subprocess.run([*SHRUNK, "analysis/baselines.py", "--budget-gmacs", str(BUDGET), "--dataset",
                             "digits", "--epochs", "5", "--seeds", "0", "--budgets", "short", "--only", "uniform",
                             "--out-dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900,
                            env={**os.environ, "M2MDC_RESULTS_DIR": str(results)})
@@ -503,7 +506,7 @@ def test_proxy_rank_retrains_spread_trials_at_both_budgets(out, tmp_path):
     from scipy.stats import kendalltau
 
     results = tmp_path / "results"
-    r = subprocess.run([sys.executable, "analysis/proxy_rank.py", "--experiment", "resumable", "--n", "3", "--band",
+    r = subprocess.run([*SHRUNK, "analysis/proxy_rank.py", "--experiment", "resumable", "--n", "3", "--band",
                         "1", "--dataset", "digits", "--epochs", "5", "--out-dir", str(out)], cwd=REPO,
                        capture_output=True, text=True, timeout=900, env={**os.environ, "M2MDC_RESULTS_DIR": str(results)})
     assert r.returncode == 0, r.stderr[-3000:]
@@ -513,6 +516,7 @@ def test_proxy_rank_retrains_spread_trials_at_both_budgets(out, tmp_path):
     saved = [json.loads(p.read_text()) for p in (results / "finalize" / "resumable").glob("*.json")]
     assert sorted(s["run"]["budget"] for s in saved) == ["long"] * 3 + ["short"] * 3
     assert {s["epochs_trained"] for s in saved} == {8}
+    assert {s["kd_settings"]["steps_per_epoch"] for s in saved} == {SHORT_STEPS, None}  # short (shrunk), long
     for x in rows:  # the table's vals are the saved runs' vals
         for b in ("short", "long"):
             assert x[f"{b}_val"] == next(s["val_top1"] for s in saved if s["run"]["budget"] == b
@@ -528,7 +532,7 @@ def test_finalize_screen_picks_the_best_screened_trial_and_logs_each_run_once(ou
     results = tmp_path / "results"
     args = ["analysis/finalize.py", "--experiment", "resumable", "--k", "1", "--screen", "3", "--band", "1",
             "--seeds", "0", "--budgets", "short", "--dataset", "digits", "--epochs", "5", "--out-dir", str(out)]
-    r = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=900,
+    r = subprocess.run([*SHRUNK, *args], cwd=REPO, capture_output=True, text=True, timeout=900,
                        env={**os.environ, "M2MDC_RESULTS_DIR": str(results)})
     assert r.returncode == 0, r.stderr[-3000:]
     client, parents, children = mlflow_runs(out, "resumable")

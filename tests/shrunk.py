@@ -1,0 +1,18 @@
+"""Run an analysis tool as a user does, but with the short training budget's batches per epoch cut
+from 40 to SHORT_STEPS (CI time): ``python -m tests.shrunk analysis/finalize.py ARGS...``.
+
+Only the number of batches changes: the tool, its arguments, its epochs and KD settings are the
+user's, and tests assert on the steps per epoch the runs record, so a run that ignored the shrink
+would fail them. (The README test runs the finalize command unshrunk.)"""
+import runpy
+import sys
+
+from analysis import study
+
+SHORT_STEPS = 4
+PREFIX = [sys.executable, "-m", "tests.shrunk"]  # what a test puts before the tool's path
+
+if __name__ == "__main__":
+    study.BUDGETS["short"] = {**study.BUDGETS["short"], "steps_per_epoch": SHORT_STEPS}  # shared by every tool
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
