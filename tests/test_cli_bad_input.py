@@ -14,9 +14,11 @@ from torchvision import models as tvm
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture()
-def files(tmp_path):
-    """Bad files of every kind the CLIs read."""
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Bad files of every kind the CLIs read (made once: ~1.7 s a test as a per-test fixture, 85 tests;
+    the CLIs only read them, and each test checks that its own output folder stays empty)."""
+    tmp_path = tmp_path_factory.mktemp("bad-files")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x80\x04 not a checkpoint")
     seven = tmp_path / "seven.pt"
