@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHRINK = {"--dataset": "digits", "--data-dir": None, "--resolution": None, "--arch": "resnet18", "--archs": "resnet18",
           "--epochs": "2", "--teacher-epochs": "2", "--budget-gmacs": "0.02", "--pqd-epochs": "2", "--seeds": "0",
           "--k": "1", "--samples": "300", "--n": "1", "--kd-epochs": "1", "--steps-per-epoch": "2",
-          "--profile": "smoke", "--num-samples": "1", "--budget-ms": "1000", "--run-id": "{run_id}", "--teacher": "{teacher}", "--samplers": "tpe",
-          "--out-dir": "{out}"}
+          "--profile": "smoke", "--num-samples": "1", "--budget-ms": "1000", "--run-id": "{run_id}",
+          "--teacher": "{teacher}", "--samplers": "tpe", "--out-dir": "{out}"}
 # what a tool needs added to stay small (only when the README does not set the flag itself)
 EXTRA = {"m2mdc.compress": ["--dataset", "digits", "--kd-epochs", "1", "--steps-per-epoch", "2", "--teacher-epochs", "2"],
          "analysis/finalize.py": ["--dataset", "digits", "--epochs", "5"],  # the smoke search's teacher
@@ -33,7 +33,7 @@ EXTRA = {"m2mdc.compress": ["--dataset", "digits", "--kd-epochs", "1", "--steps-
          "benchmarks/latency.py": ["--rounds", "1", "--repeats", "3", "--int8", "qat"],
          "benchmarks/latency_budget.py": ["--space", "tests/data/space-lean.yaml", "--threads", "1"],
          "analysis/readme_results.py": ["--readme", "{readme}"]}  # a copy: the test never edits the README
-# a --budget-ms search runs under a generous budget (one width fit, not six timed ones: ~1.5 min less);
+# a --budget-ms search runs under a generous budget (one timed build, not six: ~1 min less);
 # fitting configurations onto a tight budget is what this file's latency_budget benchmark command runs
 # commands whose whole path has its own end-to-end test on digits (the test named must exist): here they
 # are only parsed, by the tool's own parser, so a README flag that does not exist still fails
