@@ -10,6 +10,7 @@ import pytest
 from analysis import pqd_ablation, study
 from m2mdc.compiler import compile_config, dry_target
 from m2mdc.presets import PQD_ORDERS
+from tests.shrunk import short_budget
 
 TRAINED = ("pqd", "qdp", "dpq")  # every stage once first, once second, once last
 
@@ -20,7 +21,7 @@ def ablation(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("M2MDC_RESULTS_DIR", str(results))
     # the short budget's 8 epochs, of 3 batches instead of 40 (CI time): equal epochs is what is tested
-    mp.setitem(study.BUDGETS, "short", {"epochs": 8, "steps_per_epoch": 3})
+    mp.setitem(study.BUDGETS, "short", short_budget(3))
     try:
         assert pqd_ablation.main(["--dataset", "digits", "--epochs", "5", "--seeds", "0", "--no-long",
                                   "--orders", ",".join(TRAINED), "--out-dir", str(out)]) == 0
@@ -80,7 +81,7 @@ def test_fresh_clone_times_the_artefact_by_retraining_its_model_without_changing
     fresh = tmp_path / "fresh-out"
     mp = pytest.MonkeyPatch()
     mp.setenv("M2MDC_RESULTS_DIR", str(results))
-    mp.setitem(study.BUDGETS, "short", {"epochs": 8, "steps_per_epoch": 3})
+    mp.setitem(study.BUDGETS, "short", short_budget(3))
     try:
         shutil.copytree(out / "teachers", fresh / "teachers")  # the same teacher: results keyed by its hash
         assert pqd_ablation.main(["--dataset", "digits", "--epochs", "5", "--seeds", "0", "--no-long",

@@ -137,14 +137,10 @@ def parses(argv: list[str]) -> bool:
         real(self, args, namespace)  # argparse exits 2 on an unknown flag or a bad value
         raise _Parsed
 
-    module = argv[1] == "-m"
     with mock.patch.object(argparse.ArgumentParser, "parse_args", parse_then_stop), \
-            mock.patch.object(sys, "argv", argv[2:] if module else argv[1:]):
+            mock.patch.object(sys, "argv", argv[1:]):
         try:
-            if module:
-                runpy.run_module(argv[2], run_name="__main__", alter_sys=True)
-            else:
-                runpy.run_path(str(REPO / argv[1]), run_name="__main__")
+            runpy.run_path(str(REPO / argv[1]), run_name="__main__")  # the covered tools are scripts
         except _Parsed:
             return True
     return False
