@@ -14,6 +14,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies
 
 from m2mdc import metrics
 from m2mdc.models import get_adapter
@@ -39,6 +41,17 @@ def frontier(out: Path, *args, check=True, timeout=900):
     if check:
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
+
+
+def refused(main, argv: list[str], capfd) -> str:
+    """A CLI's main() run in this process (a subprocess is ~5 s of imports): it must exit 2 without a
+    traceback; returns its stderr."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capfd.readouterr().err
+    assert e.value.code == 2, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    return err
 
 
 def mlflow_runs(out: Path, experiment: str):
@@ -233,40 +246,42 @@ def test_resume_stops_the_same_trials_as_an_uninterrupted_search(out, tmp_path):
     # measured: the smallest architecture the space builds, compiled as shipped (~10 s)
     (["--budget-ms", "0.0001", "--cpus-per-trial", "1"], "is below the fastest configuration the space can build"),
 ])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, words):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, words, capfd):
+    from search.frontier import main
+
     out = tmp_path / "out"
-    cmd = [sys.executable, "search/frontier.py", "--budget-gmacs", str(BUDGET), "--profile", "smoke", "--dataset",
-           "digits", "--out-dir", str(out), "--space", str(LEAN), *args]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    assert r.returncode == 2, r.stderr[-2000:]
-    assert words in r.stderr, r.stderr[-2000:]
-    assert len(r.stderr.strip().splitlines()) == 1 if "invalid choice" not in words else True
+    err = refused(main, ["--budget-gmacs", str(BUDGET), "--profile", "smoke", "--dataset", "digits", "--out-dir",
+                         str(out), "--space", str(LEAN), *args], capfd)
+    assert words in err, err[-2000:]
+    assert len(err.strip().splitlines()) == 1 if "invalid choice" not in words else True
     assert not (out / "mlflow.db").exists() and not (out / "search").exists()
 
 
-def test_resume_of_a_latency_search_on_another_cpu_refuses(tmp_path):
+def test_resume_of_a_latency_search_on_another_cpu_refuses(tmp_path, capfd):
     """Latencies measured on one CPU model say nothing about another: --resume there is refused unless
     --remeasure is given (checked before anything is measured or written)."""
+    from search.frontier import main
+
     out = tmp_path / "out"
     folder = out / "search" / "other-cpu"
     folder.mkdir(parents=True)
     (folder / "search.json").write_text(json.dumps({"identity": {"latency_cpu": "Some Other CPU @ 1.0GHz"}}))
-    cmd = [sys.executable, "search/frontier.py", "--budget-ms", "5", "--profile", "smoke", "--dataset", "digits",
-           "--out-dir", str(out), "--space", str(LEAN), "--name", "other-cpu", "--resume"]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
-    assert "measured on 'Some Other CPU @ 1.0GHz'" in r.stderr and "--remeasure" in r.stderr
+    argv = ["--budget-ms", "5", "--profile", "smoke", "--dataset", "digits", "--out-dir", str(out), "--space",
+            str(LEAN), "--name", "other-cpu", "--resume"]
+    err = refused(main, argv, capfd)
+    assert len(err.strip().splitlines()) == 1, err[-2000:]
+    assert "measured on 'Some Other CPU @ 1.0GHz'" in err and "--remeasure" in err
     assert sorted(p.name for p in out.rglob("*")) == ["other-cpu", "search", "search.json"]
-    r = subprocess.run([*cmd, "--remeasure"], cwd=REPO, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONWARNINGS": "ignore"})  # past the CPU check, to the next one
-    assert r.returncode == 2 and "with different settings" in r.stderr and "latency_cpu" not in r.stderr, r.stderr
+    err = refused(main, [*argv, "--remeasure"], capfd)  # past the CPU check, to the next one
+    assert "with different settings" in err and "latency_cpu" not in err, err
 
 
-def test_existing_search_needs_resume_or_a_new_name(out):
-    r = frontier(out, "--name", "smoke", check=False)
-    assert r.returncode == 2 and "already exists" in r.stderr
+def test_existing_search_needs_resume_or_a_new_name(out, capfd):
+    from search.frontier import main
+
+    err = refused(main, ["--budget-gmacs", str(BUDGET), "--profile", "smoke", "--dataset", "digits", "--out-dir",
+                         str(out), "--name", "smoke"], capfd)
+    assert "already exists" in err
 
 
 def test_review_reads_the_search_back_from_mlflow(out):
@@ -468,14 +483,15 @@ def test_latency_objective_front_and_hypervolume_over_three_objectives(out):
     assert (out / "review" / "latency" / "frontier-latency_ms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_latency_budget_search_is_not_retrained_as_a_gmacs_one(out):
+def test_latency_budget_search_is_not_retrained_as_a_gmacs_one(out, capfd):
     """Members of a --budget-ms search were width-fitted to latencies measured during the search; the
     tools that re-train members from their configurations refuse rather than train other widths."""
-    r = subprocess.run([sys.executable, "analysis/finalize.py", "--experiment", "latency", "--dataset", "digits",
-                        "--epochs", "5", "--out-dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
-    assert "ran under a latency budget (--budget-ms 1000.0)" in r.stderr
+    from analysis.finalize import main
+
+    err = refused(main, ["--experiment", "latency", "--dataset", "digits", "--epochs", "5", "--out-dir", str(out)],
+                  capfd)
+    assert len(err.strip().splitlines()) == 1, err[-2000:]
+    assert "ran under a latency budget (--budget-ms 1000.0)" in err
 
 
 def test_seeded_baselines_are_the_baselines_or_skipped_with_the_reason():
@@ -498,6 +514,20 @@ def test_seeded_baselines_are_the_baselines_or_skipped_with_the_reason():
     assert timed["Torch-Pruning-like local + INT8 QAT"]["qat"] is True
     lean, skipped = seeded_points(load_space(str(LEAN), arch="resnet18"), latency=True)
     assert any("INT8 QAT" in s and "qat=True" in s for s in skipped)
+
+
+@given(strategies.integers(1, 40), strategies.integers(2, 12))
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # beside CI's other worker
+def test_spread_pick_takes_both_ends_and_n_distinct_items_in_rank_order(size, n):
+    """How proxy_rank spreads N picks over a ranking, for every size (the end-to-end test below sees one)."""
+    from analysis.proxy_rank import spread_pick
+
+    ranked = list(range(size))
+    picked = spread_pick(ranked, n)
+    assert len(picked) == min(n, size) and picked == sorted(set(picked))
+    assert picked[0] == 0 and picked[-1] == size - 1
+    gaps = [b - a for a, b in zip(picked, picked[1:])]
+    assert not gaps or max(gaps) - min(gaps) <= 1  # evenly spaced, up to rounding
 
 
 def test_proxy_rank_retrains_spread_trials_at_both_budgets(out, tmp_path):
