@@ -9,6 +9,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -162,7 +163,7 @@ def test_every_readme_command_runs_shrunk(fixtures, checkpoints, tmp_path):  # n
     fixtures["readme"] = str(tmp_path / "README.md")
     (tmp_path / "README.md").write_text((REPO / "README.md").read_text())
     env = {**os.environ, "M2MDC_OUT_DIR": str(out)}  # the review tools read the default output root
-    seen, ran, last_experiment = set(), [], None
+    seen, ran, last_experiment, took = set(), [], None, {}
     for cmd in readme_commands():
         if "--run-id" in cmd:  # export: a Pareto member of the search run last
             fixtures["run_id"] = pareto_run_id(out, last_experiment)
@@ -183,9 +184,13 @@ def test_every_readme_command_runs_shrunk(fixtures, checkpoints, tmp_path):  # n
             last_experiment = argv[i] if i else "frontier-resnet18-digits-b0.02"
             if (out / "search" / last_experiment).exists():  # the same search again: it is already there
                 continue
+        start = time.perf_counter()
         r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=1200, env=env)
         assert r.returncode == 0 and "Traceback" not in r.stderr, (cmd, argv, r.stdout[-2000:], r.stderr[-3000:])
         ran.append(cmd)
+        took[cmd] = time.perf_counter() - start
+    # where this test's time goes (`pytest -rP` prints it): what to look at first when CI runs long
+    print("\n".join(f"{t:6.0f} s  {c}" for c, t in sorted(took.items(), key=lambda kv: -kv[1])))
     tools = {tool_of(shlex.split(c)) for c in ran}
     assert {"m2mdc.teacher", "m2mdc.compress", "m2mdc.allocate", "search/frontier.py", "analysis/review.py",
             "analysis/export.py", "analysis/finalize.py", "analysis/compare_samplers.py", "benchmarks/latency.py",
