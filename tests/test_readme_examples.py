@@ -1,6 +1,6 @@
 """Every `python ...` command in the README's bash blocks runs: shrunk to the embedded digits data (or
 to a small image folder and a checkpoint trained here, for the own-model commands), deployment
-measurements left on, and each must exit 0 without a traceback. A README command this file cannot
+measurements on (once per numeric format for compress), and each must exit 0 without a traceback. A README command this file cannot
 shrink fails the test, so a new example cannot land untested."""
 import functools
 import json
@@ -31,7 +31,7 @@ EXTRA = {"m2mdc.compress": ["--dataset", "digits", "--kd-epochs", "1", "--steps-
          "search/frontier.py": ["--dataset", "digits", "--profile", "smoke", "--num-samples", "1"],
          "benchmarks/data_pipeline.py": ["--batches", "3", "--repeats", "1"],
          "benchmarks/kd_epoch.py": ["--batches", "3", "--repeats", "1"], "benchmarks/mi_scoring.py": ["--repeats", "1"],
-         "benchmarks/latency.py": ["--rounds", "1", "--repeats", "3", "--int8", "qat"],
+         "benchmarks/latency.py": ["--rounds", "1", "--repeats", "3", "--int8", "qat", "--batch-sizes", "1"],
          "benchmarks/latency_budget.py": ["--space", "tests/data/space-lean.yaml", "--threads", "1"],
          "analysis/readme_results.py": ["--readme", "{readme}"]}  # a copy: the test never edits the README
 # a --budget-ms search runs under a generous budget (one timed build, not six: ~1 min less);
@@ -42,8 +42,11 @@ COVERED = {"analysis/baselines.py": "tests/test_frontier.py::test_baselines_trai
            "analysis/proxy_rank.py": "tests/test_frontier.py::test_proxy_rank_retrains_spread_trials_at_both_budgets",
            "analysis/pqd_ablation.py": "tests/test_pqd_ablation.py::test_orders_each_trained_as_its_order_for_"
                                        "equal_epochs",
+           "analysis/finalize.py": "tests/test_frontier.py::test_finalize_logs_finalized_children_under_the_parent",
            "analysis/paper_table.py": "tests/test_paper_table.py::test_rows_are_mean_and_std_of_the_seed_runs"}
 FOLDER_FLAGS = ("--dataset", "folder")  # own-model commands keep their folder, shrunk to the test's
+# m2mdc.compress measures deployment (compiled latency, size) on the first command of each numeric format
+# only (--no-deploy on the others: compiles that repeat one code path whatever the plan)
 
 
 def readme_commands() -> list[str]:
@@ -163,7 +166,7 @@ def test_every_readme_command_runs_shrunk(fixtures, checkpoints, tmp_path):  # n
     fixtures["readme"] = str(tmp_path / "README.md")
     (tmp_path / "README.md").write_text((REPO / "README.md").read_text())
     env = {**os.environ, "M2MDC_OUT_DIR": str(out)}  # the review tools read the default output root
-    seen, ran, last_experiment, took = set(), [], None, {}
+    seen, ran, last_experiment, took, deployed = set(), [], None, {}, set()
     for cmd in readme_commands():
         if "--run-id" in cmd:  # export: a Pareto member of the search run last
             fixtures["run_id"] = pareto_run_id(out, last_experiment)
@@ -173,6 +176,11 @@ def test_every_readme_command_runs_shrunk(fixtures, checkpoints, tmp_path):  # n
             assert f"def {name}(" in (REPO / file).read_text(), COVERED[tool_of(argv)]
             assert parses([sys.executable, *shlex.split(cmd)[1:]]), cmd  # the README's own flags, unshrunk
             continue
+        if tool_of(argv) == "m2mdc.compress":
+            fmt = "int8" if "qat" in cmd or "--preset pqd" in cmd else "fp32"
+            if fmt in deployed:
+                argv.append("--no-deploy")
+            deployed.add(fmt)
         key = tuple(sorted(argv))
         if key in seen:  # two README lines that shrink to one command (e.g. the default and CI-sized search)
             continue
@@ -193,7 +201,7 @@ def test_every_readme_command_runs_shrunk(fixtures, checkpoints, tmp_path):  # n
     print("\n".join(f"{t:6.0f} s  {c}" for c, t in sorted(took.items(), key=lambda kv: -kv[1])))
     tools = {tool_of(shlex.split(c)) for c in ran}
     assert {"m2mdc.teacher", "m2mdc.compress", "m2mdc.allocate", "search/frontier.py", "analysis/review.py",
-            "analysis/export.py", "analysis/finalize.py", "analysis/compare_samplers.py", "benchmarks/latency.py",
+            "analysis/export.py", "analysis/compare_samplers.py", "benchmarks/latency.py",
             "benchmarks/search_overhead.py"} <= tools, tools
     # the own-model search ran on the user's folder with the user's checkpoint: its recorded teacher
     # accuracy is an independent evaluation of that checkpoint, and its trials trained on the CPU
