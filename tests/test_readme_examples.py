@@ -1,7 +1,7 @@
 """Every `python ...` command in the README's bash blocks runs: shrunk to the embedded digits data (or
 to a small image folder and a checkpoint trained here, for the own-model commands), deployment
-measurements on (once per numeric format for compress), and each must exit 0 without a traceback. A README command this file cannot
-shrink fails the test, so a new example cannot land untested."""
+measurements on (once per numeric format for compress), and each must exit 0 without a traceback.
+A README command this file cannot shrink fails the test, so a new example cannot land untested."""
 import functools
 import json
 import os
