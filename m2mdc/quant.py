@@ -29,13 +29,80 @@ from torch.fx import GraphModule
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 from torchao.quantization.pt2e import (disable_observer, enable_observer,  # noqa: E402
                                        move_exported_model_to_eval, move_exported_model_to_train)
-from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+from torchao.quantization.pt2e.export_utils import WrapperModule as _WrapperModule  # noqa: E402
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e  # noqa: E402
 # Importing this module also registers torchao's int8 fusion passes with inductor.
 from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
     X86InductorQuantizer, get_default_x86_inductor_quantization_config)
 
 from .data import Batch
 from .errors import UserError
+
+
+def _pattern_key(pattern, example_inputs: tuple, is_cuda: bool, kwargs: dict):
+    """What an exported torchao pattern graph depends on: the pattern's code and closure (the flags
+    torchao builds it from), the example inputs' shapes and dtypes (not their random values), and
+    kwargs alike. None (do not cache) when the pattern is not a plain function or a closure value is
+    unhashable."""
+    fn = getattr(pattern, "fn", None) if isinstance(pattern, nn.Module) else pattern  # torchao's WrapperModule
+    code = getattr(fn, "__code__", None)
+    if code is None or type(pattern) not in (types.FunctionType, _WrapperModule):
+        return None
+
+    def sig(v):
+        return ("tensor", tuple(v.shape), v.dtype, v.device.type) if isinstance(v, torch.Tensor) else v
+
+    key = (code, tuple(c.cell_contents for c in fn.__closure__ or ()), fn.__defaults__,
+           tuple(sig(x) for x in example_inputs), is_cuda, tuple(sorted((k, sig(v)) for k, v in kwargs.items())))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _cached_pattern_graphs(build):
+    """``build`` (torchao's ``_get_aten_graph_module_for_pattern``) memoised per process.
+
+    torchao strict-exports the same small conv-bn / batch-norm / dropout pattern graphs again on every
+    call: 96 exports per ``convert_pt2e`` of a ResNet-18 and 4 per train/eval switch of a QAT graph, ~0.4 s
+    each here, so one convert took ~55 s and every evaluation of a QAT student paid ~1.5 s of switching
+    (profiled on digits: 250 of 490 s of a three-order PQD ablation). Each export also resets dynamo. A
+    pattern graph depends only on its key (``_pattern_key``); callers get a deep copy, so a caller that
+    edits its pattern cannot change another's. tests/test_quant.py checks the converted model is the same
+    with and without the cache."""
+    graphs: dict = {}
+
+    def cached(pattern, example_inputs, is_cuda=False, **kwargs):
+        key = _pattern_key(pattern, example_inputs, is_cuda, kwargs)
+        if key is None:
+            return build(pattern, example_inputs, is_cuda, **kwargs)
+        if key not in graphs:
+            graphs[key] = build(pattern, example_inputs, is_cuda, **kwargs)
+        return copy.deepcopy(graphs[key])
+
+    cached.uncached = build
+    cached.graphs = graphs
+    return cached
+
+
+def _install_pattern_cache() -> None:
+    """Route every torchao module that bound the pattern builder by name through one cache."""
+    import importlib
+
+    from torchao.quantization.pt2e import utils as pt2e_utils
+
+    build = getattr(pt2e_utils, "_get_aten_graph_module_for_pattern", None)
+    if build is None or hasattr(build, "uncached"):  # another torchao layout, or installed already
+        return
+    cached = _cached_pattern_graphs(build)
+    for name in ("utils", "qat_utils", "reference_representation_rewrite"):
+        mod = importlib.import_module(f"torchao.quantization.pt2e.{name}")
+        if getattr(mod, "_get_aten_graph_module_for_pattern", None) is build:
+            mod._get_aten_graph_module_for_pattern = cached
+
+
+_install_pattern_cache()
 
 _aten = torch.ops.aten
 _DEQUANT_OPS = {"dequantize_per_tensor", "dequantize_per_channel"}
@@ -265,8 +332,9 @@ def _inference_only(gm: GraphModule) -> None:
 def convert(prepared: GraphModule, name: str | None = None) -> nn.Module:
     """The INT8 CPU model of a QAT-prepared graph (the prepared graph stays usable).
 
-    Folds BN into conv and replaces fake-quant by quantize/dequantize ops. Takes ~25 s on resnet18
-    (torchao re-exports its conv-bn patterns 96 times). Compile the result for speed.
+    Folds BN into conv and replaces fake-quant by quantize/dequantize ops. The first convert of a process
+    takes ~25-30 s on resnet18 (torchao exports ~100 pattern graphs), later ones ~3 s (the pattern cache
+    above; benchmarks/qat_convert.py). Compile the result for speed.
     """
     name = name or "model"
     model = copy.deepcopy(prepared).to(CPU)  # deepcopy drops _switchable's methods: switch by hand

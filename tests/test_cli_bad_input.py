@@ -178,6 +178,9 @@ BENCHMARKS = {
         (["--budget-ms", "0.0001", "--threads", "1", "--space", "tests/data/space-lean.yaml"],
          "is below the fastest configuration the space can build"),
         (["--report", "nope"], "no saved benchmark named nope")],
+    "benchmarks/qat_convert.py": [
+        (["--arch", "vgg"], "invalid choice: 'vgg'"), (["--resolution", "4"], "--resolution=4 is outside [8, 4096]"),
+        (["--classes", "1"], "--classes=1 is outside"), (["--threads", "0"], "--threads=0 is outside")],
     "benchmarks/search_overhead.py": [
         (["--dataset", "cifar10", "--n", "1", "--out-dir", "{offline}-o"], "could not be downloaded"),
         (["--n", "0"], "--n"), (["--budget-gmacs", "0.000001"], "below the smallest")],

@@ -1,0 +1,97 @@
+"""Cost of INT8 conversion and of QAT train/eval switches with m2mdc's pattern-graph cache: the
+first convert of a process (every pattern graph built, torchao's own cost) vs every later one.
+
+torchao strict-exports the same small conv-bn / batch-norm / dropout pattern graphs on every
+``convert_pt2e`` and every ``move_exported_model_to_train/eval``; ``m2mdc.quant`` memoises them per
+process. Timed side by side on one QAT graph: the first convert (it fills the cache), a later convert
+(what every further QAT model of a PQD ablation, a baselines table or a finalize run pays), and a
+train->eval switch pair (every evaluation of a QAT student does one) through torchao's uncached builder
+and through the cache. The converted graphs must be identical (target: later converts >= 5x faster);
+tests/test_quant.py also checks the cached convert against torchao's uncached one.
+
+    python benchmarks/qat_convert.py --arch resnet18
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from m2mdc import quant  # noqa: E402
+from m2mdc.errors import Parser, UserError, check_range, cli  # noqa: E402
+from m2mdc.metrics import torch_threads  # noqa: E402
+from m2mdc.models import ARCHS, get_adapter  # noqa: E402
+
+MODULES = ("utils", "qat_utils")  # torchao modules that call the pattern builder
+
+
+def use(builder) -> None:
+    for name in MODULES:
+        importlib.import_module(f"torchao.quantization.pt2e.{name}")._get_aten_graph_module_for_pattern = builder
+
+
+def timed(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def switch_pair(prepared) -> float:
+    gm = copy.deepcopy(prepared)
+    t0 = time.perf_counter()
+    quant._set_mode(gm, train=True)
+    quant._set_mode(gm, train=False)
+    return time.perf_counter() - t0
+
+
+def run(a) -> None:
+    cached = importlib.import_module("torchao.quantization.pt2e.utils")._get_aten_graph_module_for_pattern
+    if not hasattr(cached, "uncached"):
+        raise UserError("m2mdc.quant's pattern cache is not installed (torchao's layout changed?): nothing to compare")
+    adapter = get_adapter(a.arch)
+    torch.manual_seed(0)
+    model = adapter.base_model(a.classes).eval()  # conversion cost does not depend on the weights' values
+    prepared = quant.prepare_qat(model, torch.randn(4, 3, a.resolution, a.resolution), name=a.arch)
+    use(cached.uncached)
+    plain_switch = switch_pair(prepared)
+    use(cached)
+    cached.graphs.clear()
+    first_s, first = timed(lambda: quant.convert(prepared, name=a.arch))
+    later_s, later = timed(lambda: quant.convert(prepared, name=a.arch))
+    later_switch = switch_pair(prepared)
+    if first.code != later.code:
+        raise SystemExit("FAIL: a convert from the filled cache produced another graph than the first")
+    print(f"{a.arch} at {a.resolution}x{a.resolution}, {a.classes} classes, {torch.get_num_threads()} thread(s); "
+          f"{len(cached.graphs)} distinct pattern graphs")
+    print(f"convert, first in the process    {first_s:7.2f} s  (builds every pattern graph: torchao's own cost)")
+    print(f"convert, later                   {later_s:7.2f} s  ({first_s / later_s:.1f}x faster, target >= 5x)")
+    print(f"train+eval switch, uncached      {plain_switch:7.2f} s")
+    print(f"train+eval switch, cached        {later_switch:7.2f} s  ({plain_switch / later_switch:.1f}x)")
+    print("converted graphs identical: yes")
+
+
+@cli
+def main(argv=None):
+    p = Parser(prog="benchmarks/qat_convert.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="resnet18", choices=ARCHS, help="architecture (default resnet18)")
+    p.add_argument("--resolution", type=int, default=32, help="input resolution (default 32, CIFAR's)")
+    p.add_argument("--classes", type=int, default=100, help="classes of the head (default 100)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    a = p.parse_args(argv)
+    check_range("--resolution", a.resolution, 8, 4096)
+    check_range("--classes", a.classes, 2, 10 ** 6)
+    if a.threads is not None:
+        check_range("--threads", a.threads, 1, 1024)
+    with torch_threads(a.threads):
+        run(a)
+    return 0
+
+
+if __name__ == "__main__":
+    main()
