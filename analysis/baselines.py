@@ -177,6 +177,8 @@ def plots(rows: dict[str, list[dict]], teacher: dict, latency: dict, budget: flo
     files = {"gmacs": "baselines.png", "bs1_ms": "baselines-latency.png", "bs64_images_per_s": "baselines-throughput.png"}
     for x, label in (("gmacs", "GMACs (fvcore, 1 image)"), ("bs1_ms", "batch-1 latency (ms, as shipped)"),
                      ("bs64_images_per_s", "batch-64 throughput (images/s, as shipped)")):
+        if x != "gmacs" and not latency:  # --no-latency: no empty latency plots
+            continue
         path = folder / files[x]
         b = budgets[-1]
         with figure(path, label, f"test top-1 (%), {b} budget, mean over seeds", f"baselines at {budget:g} GMACs",

@@ -391,12 +391,15 @@ def test_finalize_logs_finalized_children_under_the_parent(out, tmp_path):
 
 def test_baselines_train_every_row_with_the_same_settings(out, tmp_path):
     """analysis/baselines.py: equal KD settings and epochs are asserted on what each row's training was
-    handed (the plans it ran), not on a label; the tuned row keeps the search's own KD knobs."""
+    handed (the plans it ran), not on a label; the tuned row keeps the search's own KD knobs. Latency is
+    timed in the second call only (one row and the teacher: the same code for every row, and ~14 inductor
+    compiles less in CI)."""
     pytest.importorskip("torch_pruning")
     results = tmp_path / "results"
     r = subprocess.run([*SHRUNK, "analysis/baselines.py", "--budget-gmacs", str(BUDGET), "--dataset", "digits",
                         "--epochs", "5", "--experiment", "failing", "--k", "1", "--seeds", "0", "--budgets", "short",
-                        "--only", "uniform,global,Taylor,M2M-DC,search", "--out-dir", str(out)], cwd=REPO, capture_output=True,
+                        "--only", "uniform,global,Taylor,M2M-DC,search", "--no-latency", "--out-dir", str(out)],
+                       cwd=REPO, capture_output=True,
                        text=True, timeout=1500, env={**os.environ, "M2MDC_RESULTS_DIR": str(results)})
     assert r.returncode == 0, r.stderr[-3000:]
     folder = out / "baselines" / "resnet18-digits-b0.02"
@@ -416,9 +419,8 @@ def test_baselines_train_every_row_with_the_same_settings(out, tmp_path):
     tid = next(res["row"].split()[-1] for res in fixed if res["row"].startswith("search "))  # the finalized member
     trial = next(c for c in children if c.data.tags["trial_id"] == tid)
     assert tuned[0]["kd_settings"]["lr"] == pytest.approx(float(trial.data.params["kd_lr"]))  # its own sampled lr
-    assert all(lat["backend"] in ("inductor", "eager-fallback") for lat in data["latency"].values())
-    for png in ("baselines.png", "baselines-latency.png", "baselines-throughput.png"):
-        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data["latency"] == {} and (folder / "baselines.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (folder / "baselines-latency.png").exists()  # --no-latency draws no empty latency plot
     assert sorted(p.name for p in results.glob("baselines/*")) == ["resnet18-digits-b0.02"]
     # A fresh machine has the committed results but not the models under outputs/: a row is reused as
     # saved, and its model is trained again only to be timed, which the table says
@@ -437,6 +439,11 @@ def test_baselines_train_every_row_with_the_same_settings(out, tmp_path):
     label = next(k for k in redo["rows"] if k.startswith("uniform"))
     assert redo["rows"][label][0]["test_top1"] == uniform["test_top1"] and saved.read_bytes() == before
     assert redo["latency"][label]["model_retrained"] and (folder / "models" / saved.stem).exists()
+    assert set(redo["latency"]) == {"teacher", label}
+    assert all(lat["backend"] in ("inductor", "eager-fallback") and lat["bs1_ms"] > 0 and lat["bs64_images_per_s"] > 0
+               for lat in redo["latency"].values())
+    for png in ("baselines.png", "baselines-latency.png", "baselines-throughput.png"):
+        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"trained again on this machine to be timed (saved results stay the reported ones): {label}" in again.stdout
 
 
