@@ -52,11 +52,11 @@ def _pattern_key(pattern, example_inputs: tuple, is_cuda: bool, kwargs: dict):
     def sig(v):
         return ("tensor", tuple(v.shape), v.dtype, v.device.type) if isinstance(v, torch.Tensor) else v
 
-    key = (code, tuple(c.cell_contents for c in fn.__closure__ or ()), fn.__defaults__,
-           tuple(sig(x) for x in example_inputs), is_cuda, tuple(sorted((k, sig(v)) for k, v in kwargs.items())))
-    try:
+    try:  # an empty closure cell raises ValueError, an unhashable value TypeError: then do not cache
+        key = (code, tuple(c.cell_contents for c in fn.__closure__ or ()), fn.__defaults__,
+               tuple(sig(x) for x in example_inputs), is_cuda, tuple(sorted((k, sig(v)) for k, v in kwargs.items())))
         hash(key)
-    except TypeError:
+    except (TypeError, ValueError):
         return None
     return key
 
@@ -65,9 +65,10 @@ def _cached_pattern_graphs(build):
     """``build`` (torchao's ``_get_aten_graph_module_for_pattern``) memoised per process.
 
     torchao strict-exports the same small conv-bn / batch-norm / dropout pattern graphs again on every
-    call: 96 exports per ``convert_pt2e`` of a ResNet-18 and 4 per train/eval switch of a QAT graph, ~0.4 s
-    each here, so one convert took ~55 s and every evaluation of a QAT student paid ~1.5 s of switching
-    (profiled on digits: 250 of 490 s of a three-order PQD ablation). Each export also resets dynamo. A
+    call: ~100 exports per ``convert_pt2e`` of a ResNet-18 and 4 per train/eval switch of a QAT graph, so
+    every convert took ~25-30 s and every evaluation of a QAT student paid ~1.7 s of switching here
+    (benchmarks/qat_convert.py; under cProfile these exports were 250 of the 487 s of a three-order PQD
+    ablation on digits). Each export also resets dynamo. A
     pattern graph depends only on its key (``_pattern_key``); callers get a deep copy, so a caller that
     edits its pattern cannot change another's. tests/test_quant.py checks the converted model is the same
     with and without the cache."""

@@ -109,6 +109,29 @@ def test_converted_artefact_ships_int8_not_fp32_weights(pqd, fp32):
     assert not [n for n, p in pqd["converted"].named_parameters() if p.dtype == torch.float32 and p.dim() == 4]
 
 
+def test_pattern_key_tells_patterns_apart_by_flags_and_shapes_not_values():
+    """The cache key: the same builder flags and input shapes share a graph, whatever the random example
+    values; another flag, shape or dtype does not; what cannot be keyed is not cached."""
+    from torchao.quantization.pt2e.export_utils import WrapperModule
+
+    def make(flag):
+        def pattern(x):
+            return x + 1 if flag else x - 1
+        return pattern
+
+    key = quant._pattern_key
+    x = (torch.randn(1, 3),)
+    assert key(make(True), x, False, {}) == key(make(True), (torch.randn(1, 3),), False, {})
+    assert key(WrapperModule(make(True)), x, False, {}) == key(make(True), x, False, {})
+    assert key(make(True), x, False, {}) != key(make(False), x, False, {})
+    assert key(make(True), x, False, {}) != key(make(True), (torch.randn(2, 3),), False, {})
+    assert key(make(True), x, False, {}) != key(make(True), (torch.randn(1, 3, dtype=torch.float64),), False, {})
+    assert key(make(True), x, False, {"s": torch.ones(1)}) != key(make(True), x, False, {"s": torch.ones(2)})
+    assert key(make(True), x, False, {}) != key(make(True), x, True, {})
+    assert key(make([1]), x, False, {}) is None  # an unhashable closure value
+    assert key(torch.nn.Linear(1, 1), x, False, {}) is None  # not a function
+
+
 def test_pattern_cache_changes_nothing_in_the_converted_model(pqd, digits, monkeypatch):
     """m2mdc.quant memoises torchao's pattern-graph exports (a speed fix, ~25-55 s per convert): the
     INT8 model converted through torchao's own, uncached builder is the same graph with the same
