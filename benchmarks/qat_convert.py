@@ -14,7 +14,6 @@ tests/test_quant.py also checks the cached convert against torchao's uncached on
 from __future__ import annotations
 
 import copy
-import importlib
 import sys
 import time
 from pathlib import Path
@@ -27,14 +26,6 @@ from m2mdc import quant  # noqa: E402
 from m2mdc.errors import Parser, UserError, check_range, cli  # noqa: E402
 from m2mdc.metrics import torch_threads  # noqa: E402
 from m2mdc.models import ARCHS, get_adapter  # noqa: E402
-
-MODULES = ("utils", "qat_utils")  # torchao modules that call the pattern builder
-
-
-def use(builder) -> None:
-    for name in MODULES:
-        importlib.import_module(f"torchao.quantization.pt2e.{name}")._get_aten_graph_module_for_pattern = builder
-
 
 def timed(fn) -> tuple[float, object]:
     t0 = time.perf_counter()
@@ -51,16 +42,15 @@ def switch_pair(prepared) -> float:
 
 
 def run(a) -> None:
-    cached = importlib.import_module("torchao.quantization.pt2e.utils")._get_aten_graph_module_for_pattern
-    if not hasattr(cached, "uncached"):
+    cached = quant.pattern_cache()
+    if cached is None:
         raise UserError("m2mdc.quant's pattern cache is not installed (torchao's layout changed?): nothing to compare")
     adapter = get_adapter(a.arch)
     torch.manual_seed(0)
     model = adapter.base_model(a.classes).eval()  # conversion cost does not depend on the weights' values
     prepared = quant.prepare_qat(model, torch.randn(4, 3, a.resolution, a.resolution), name=a.arch)
-    use(cached.uncached)
-    plain_switch = switch_pair(prepared)
-    use(cached)
+    with quant.uncached_pattern_graphs():
+        plain_switch = switch_pair(prepared)
     cached.graphs.clear()
     first_s, first = timed(lambda: quant.convert(prepared, name=a.arch))
     later_s, later = timed(lambda: quant.convert(prepared, name=a.arch))

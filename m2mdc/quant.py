@@ -16,6 +16,7 @@ fake-quant). ``convert`` then drops the features output, so the INT8 model retur
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import types
@@ -44,10 +45,10 @@ def _pattern_key(pattern, example_inputs: tuple, is_cuda: bool, kwargs: dict):
     torchao builds it from), the example inputs' shapes and dtypes (not their random values), and
     kwargs alike. None (do not cache) when the pattern is not a plain function or a closure value is
     unhashable."""
-    fn = getattr(pattern, "fn", None) if isinstance(pattern, nn.Module) else pattern  # torchao's WrapperModule
-    code = getattr(fn, "__code__", None)
-    if code is None or type(pattern) not in (types.FunctionType, _WrapperModule):
+    fn = pattern.fn if type(pattern) is _WrapperModule else pattern
+    if type(fn) is not types.FunctionType:
         return None
+    code = fn.__code__
 
     def sig(v):
         return ("tensor", tuple(v.shape), v.dtype, v.device.type) if isinstance(v, torch.Tensor) else v
@@ -87,20 +88,46 @@ def _cached_pattern_graphs(build):
     return cached
 
 
-def _install_pattern_cache() -> None:
-    """Route every torchao module that bound the pattern builder by name through one cache."""
+_BUILDER = "_get_aten_graph_module_for_pattern"
+# the torchao modules that bind the pattern builder by name (so each needs routing through the cache)
+_BUILDER_MODULES = ("utils", "qat_utils", "reference_representation_rewrite")
+
+
+def _route_pattern_builder(builder) -> None:
     import importlib
 
+    for name in _BUILDER_MODULES:
+        mod = importlib.import_module(f"torchao.quantization.pt2e.{name}")
+        if hasattr(mod, _BUILDER):
+            setattr(mod, _BUILDER, builder)
+
+
+def pattern_cache():
+    """The installed cache (``.uncached``: torchao's builder, ``.graphs``: what it holds), or None."""
     from torchao.quantization.pt2e import utils as pt2e_utils
 
-    build = getattr(pt2e_utils, "_get_aten_graph_module_for_pattern", None)
-    if build is None or hasattr(build, "uncached"):  # another torchao layout, or installed already
-        return
-    cached = _cached_pattern_graphs(build)
-    for name in ("utils", "qat_utils", "reference_representation_rewrite"):
-        mod = importlib.import_module(f"torchao.quantization.pt2e.{name}")
-        if getattr(mod, "_get_aten_graph_module_for_pattern", None) is build:
-            mod._get_aten_graph_module_for_pattern = cached
+    build = getattr(pt2e_utils, _BUILDER, None)
+    return build if hasattr(build, "uncached") else None
+
+
+@contextlib.contextmanager
+def uncached_pattern_graphs():
+    """torchao's own, uncached pattern builder inside the block (to compare against the cache)."""
+    cached = pattern_cache()
+    _route_pattern_builder(cached.uncached)
+    try:
+        yield
+    finally:
+        _route_pattern_builder(cached)
+
+
+def _install_pattern_cache() -> None:
+    """Route every torchao module that bound the pattern builder by name through one cache."""
+    from torchao.quantization.pt2e import utils as pt2e_utils
+
+    build = getattr(pt2e_utils, _BUILDER, None)
+    if build is not None and pattern_cache() is None:  # None: another torchao layout
+        _route_pattern_builder(_cached_pattern_graphs(build))
 
 
 _install_pattern_cache()

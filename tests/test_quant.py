@@ -132,34 +132,35 @@ def test_pattern_key_tells_patterns_apart_by_flags_and_shapes_not_values():
     assert key(torch.nn.Linear(1, 1), x, False, {}) is None  # not a function
 
 
-def test_pattern_cache_changes_nothing_in_the_converted_model(pqd, digits, monkeypatch):
-    """m2mdc.quant memoises torchao's pattern-graph exports (a speed fix, ~25-55 s per convert): the
+def test_pattern_cache_changes_nothing_in_the_converted_model(pqd, digits):
+    """m2mdc.quant memoises torchao's pattern-graph exports (a speed fix, ~25-30 s per convert): the
     INT8 model converted through torchao's own, uncached builder is the same graph with the same
     constants and the same outputs, and so is a train/eval switch of the QAT graph."""
     import importlib
 
     modules = [importlib.import_module(f"torchao.quantization.pt2e.{m}") for m in ("utils", "qat_utils")]
-    cached = modules[0]._get_aten_graph_module_for_pattern
-    assert hasattr(cached, "uncached") and all(m._get_aten_graph_module_for_pattern is cached for m in modules)
+    cached = quant.pattern_cache()
+    assert cached is not None and all(m._get_aten_graph_module_for_pattern is cached for m in modules)
     assert cached.graphs  # the fixture's convert went through the cache
-    for m in modules:
-        monkeypatch.setattr(m, "_get_aten_graph_module_for_pattern", cached.uncached)
-    plain = quant.convert(pqd["prepared"], name="resnet18")
+    with quant.uncached_pattern_graphs():
+        assert all(m._get_aten_graph_module_for_pattern is cached.uncached for m in modules)
+        plain = quant.convert(pqd["prepared"], name="resnet18")
     converted = pqd["converted"]
     assert plain.code == converted.code
     a, b = plain.state_dict(), converted.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     x = next(iter(Loader(digits.test, 64, CPU))).x
     assert torch.equal(plain(x), converted(x))
-    switched = {}
-    for name, builder in (("uncached", cached.uncached), ("cached", cached)):
-        for m in modules:
-            monkeypatch.setattr(m, "_get_aten_graph_module_for_pattern", builder)
+    def switched():
         gm = copy.deepcopy(pqd["prepared"])
         quant._set_mode(gm, train=True)
         quant._set_mode(gm, train=False)
-        switched[name] = gm.code
-    assert switched["cached"] == switched["uncached"]
+        return gm.code
+
+    with quant.uncached_pattern_graphs():
+        uncached = switched()
+    assert all(m._get_aten_graph_module_for_pattern is cached for m in modules)  # restored
+    assert switched() == uncached
 
 
 def test_converted_agrees_with_fake_quant(pqd, digits):
