@@ -16,22 +16,17 @@ fake-quant). ``convert`` then drops the features output, so the INT8 model retur
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
 import types
 from typing import Iterable
 
 import torch
 from torch import nn
 from torch.fx import GraphModule
-# torchao registers an Enum with torch's pytree at import; torch logs a deprecation note for it on every
-# run, which would break the one-line error of every CLI that touches INT8 (not ours to fix).
-logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-from torchao.quantization.pt2e import (disable_observer, enable_observer,  # noqa: E402
+from . import pattern_cache  # first: it imports torchao quietly (see there)
+from torchao.quantization.pt2e import (disable_observer, enable_observer,
                                        move_exported_model_to_eval, move_exported_model_to_train)
-from torchao.quantization.pt2e.export_utils import WrapperModule as _WrapperModule  # noqa: E402
-from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e  # noqa: E402
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 # Importing this module also registers torchao's int8 fusion passes with inductor.
 from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
     X86InductorQuantizer, get_default_x86_inductor_quantization_config)
@@ -39,98 +34,7 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
 from .data import Batch
 from .errors import UserError
 
-
-def _pattern_key(pattern, example_inputs: tuple, is_cuda: bool, kwargs: dict):
-    """What an exported torchao pattern graph depends on: the pattern's code and closure (the flags
-    torchao builds it from), the example inputs' shapes and dtypes (not their random values), and
-    kwargs alike. None (do not cache) when the pattern is not a plain function or a closure value is
-    unhashable."""
-    fn = pattern.fn if type(pattern) is _WrapperModule else pattern
-    if type(fn) is not types.FunctionType:
-        return None
-    code = fn.__code__
-
-    def sig(v):
-        return ("tensor", tuple(v.shape), v.dtype, v.device.type) if isinstance(v, torch.Tensor) else v
-
-    try:  # an empty closure cell raises ValueError, an unhashable value TypeError: then do not cache
-        key = (code, tuple(c.cell_contents for c in fn.__closure__ or ()), fn.__defaults__,
-               tuple(sig(x) for x in example_inputs), is_cuda, tuple(sorted((k, sig(v)) for k, v in kwargs.items())))
-        hash(key)
-    except (TypeError, ValueError):
-        return None
-    return key
-
-
-def _cached_pattern_graphs(build):
-    """``build`` (torchao's ``_get_aten_graph_module_for_pattern``) memoised per process.
-
-    torchao strict-exports the same small conv-bn / batch-norm / dropout pattern graphs again on every
-    call: ~100 exports per ``convert_pt2e`` of a ResNet-18 and 4 per train/eval switch of a QAT graph, so
-    every convert took ~25-30 s and every evaluation of a QAT student paid ~1.7 s of switching here
-    (benchmarks/qat_convert.py; under cProfile these exports were 250 of the 487 s of a three-order PQD
-    ablation on digits). Each export also resets dynamo. A
-    pattern graph depends only on its key (``_pattern_key``); callers get a deep copy, so a caller that
-    edits its pattern cannot change another's. tests/test_quant.py checks the converted model is the same
-    with and without the cache."""
-    graphs: dict = {}
-
-    def cached(pattern, example_inputs, is_cuda=False, **kwargs):
-        key = _pattern_key(pattern, example_inputs, is_cuda, kwargs)
-        if key is None:
-            return build(pattern, example_inputs, is_cuda, **kwargs)
-        if key not in graphs:
-            graphs[key] = build(pattern, example_inputs, is_cuda, **kwargs)
-        return copy.deepcopy(graphs[key])
-
-    cached.uncached = build
-    cached.graphs = graphs
-    return cached
-
-
-_BUILDER = "_get_aten_graph_module_for_pattern"
-# the torchao modules that bind the pattern builder by name (so each needs routing through the cache)
-_BUILDER_MODULES = ("utils", "qat_utils", "reference_representation_rewrite")
-
-
-def _route_pattern_builder(builder) -> None:
-    import importlib
-
-    for name in _BUILDER_MODULES:
-        mod = importlib.import_module(f"torchao.quantization.pt2e.{name}")
-        if hasattr(mod, _BUILDER):
-            setattr(mod, _BUILDER, builder)
-
-
-def pattern_cache():
-    """The installed cache (``.uncached``: torchao's builder, ``.graphs``: what it holds), or None."""
-    from torchao.quantization.pt2e import utils as pt2e_utils
-
-    build = getattr(pt2e_utils, _BUILDER, None)
-    return build if hasattr(build, "uncached") else None
-
-
-@contextlib.contextmanager
-def uncached_pattern_graphs():
-    """torchao's own, uncached pattern builder inside the block (to compare against the cache)."""
-    cached = pattern_cache()
-    _route_pattern_builder(cached.uncached)
-    try:
-        yield
-    finally:
-        _route_pattern_builder(cached)
-
-
-def _install_pattern_cache() -> None:
-    """Route every torchao module that bound the pattern builder by name through one cache."""
-    from torchao.quantization.pt2e import utils as pt2e_utils
-
-    build = getattr(pt2e_utils, _BUILDER, None)
-    if build is not None and pattern_cache() is None:  # None: another torchao layout
-        _route_pattern_builder(_cached_pattern_graphs(build))
-
-
-_install_pattern_cache()
+pattern_cache.install()  # torchao's pattern graphs exported once, not on every convert (m2mdc.pattern_cache)
 
 _aten = torch.ops.aten
 _DEQUANT_OPS = {"dequantize_per_tensor", "dequantize_per_channel"}

@@ -1,9 +1,20 @@
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from m2mdc.data import data_root, load_dataset
+# One torchao pattern-graph cache (m2mdc.pattern_cache) for the whole run: made by the first process
+# that loads this file (xdist's controller, before it starts the workers), inherited by the workers, their
+# subprocesses and Ray trial workers; it starts empty, as on a new machine, and its maker removes it at the
+# end. Set before m2mdc is imported (the cache reads it when m2mdc.quant is first imported).
+_RUN_CACHE = None
+if "M2MDC_CACHE_DIR" not in os.environ:
+    _RUN_CACHE = os.environ["M2MDC_CACHE_DIR"] = tempfile.mkdtemp(prefix="m2mdc-test-cache-")
+
+from m2mdc.data import data_root, load_dataset  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -43,3 +54,8 @@ LONGEST_FIRST = ("test_frontier.py", "test_readme_examples.py", "test_pqd_ablati
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
+
+
+def pytest_sessionfinish(session):
+    if _RUN_CACHE is not None:  # its maker: the controller, after every worker has finished
+        shutil.rmtree(_RUN_CACHE, ignore_errors=True)

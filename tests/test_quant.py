@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import copy
 import operator
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m2mdc import quant, sparsity
+from m2mdc import pattern_cache, quant, sparsity
 from m2mdc.latency import compile_for_cpu
 from m2mdc.bn import recalibrate_bn
 from m2mdc.data import Loader
@@ -42,7 +46,20 @@ def fp32(digits):
 
 
 @pytest.fixture(scope="module")
-def pqd(fp32, digits):
+def pattern_dir(tmp_path_factory):
+    """The pattern cache on an empty disk folder and an empty memory for this file: the fixture's
+    convert exports every pattern graph and saves it (a cold cache, whatever ran before)."""
+    cache = pattern_cache.installed()
+    saved = cache.directory, dict(cache.graphs)
+    cache.directory = tmp_path_factory.mktemp("torchao-patterns")
+    cache.graphs.clear()
+    yield cache.directory
+    cache.directory = saved[0]
+    cache.graphs.update(saved[1])
+
+
+@pytest.fixture(scope="module")
+def pqd(fp32, digits, pattern_dir):
     """Prune 50% -> QAT trained by the generic train_epoch_ce loop -> convert."""
     pruned = copy.deepcopy(fp32)
     sparsity.apply_sparsity(pruned, 0.5)
@@ -109,58 +126,103 @@ def test_converted_artefact_ships_int8_not_fp32_weights(pqd, fp32):
     assert not [n for n, p in pqd["converted"].named_parameters() if p.dtype == torch.float32 and p.dim() == 4]
 
 
+def _make(flag, fn=F.conv2d, eps=1e-5):
+    def pattern(x):
+        return fn(x, x) * eps if flag else fn(x, x) - eps
+    return pattern
+
+
 def test_pattern_key_tells_patterns_apart_by_flags_and_shapes_not_values():
-    """The cache key: the same builder flags and input shapes share a graph, whatever the random example
-    values; another flag, shape or dtype does not; what cannot be keyed is not cached."""
+    """The cache keys: the same builder flags and input shapes share a graph, whatever the random example
+    values; another flag, function, shape or dtype does not; what cannot be keyed is not cached."""
     from torchao.quantization.pt2e.export_utils import WrapperModule
 
-    def make(flag):
-        def pattern(x):
-            return x + 1 if flag else x - 1
-        return pattern
-
-    key = quant._pattern_key
     x = (torch.randn(1, 3),)
-    assert key(make(True), x, False, {}) == key(make(True), (torch.randn(1, 3),), False, {})
-    assert key(WrapperModule(make(True)), x, False, {}) == key(make(True), x, False, {})
-    assert key(make(True), x, False, {}) != key(make(False), x, False, {})
-    assert key(make(True), x, False, {}) != key(make(True), (torch.randn(2, 3),), False, {})
-    assert key(make(True), x, False, {}) != key(make(True), (torch.randn(1, 3, dtype=torch.float64),), False, {})
-    assert key(make(True), x, False, {"s": torch.ones(1)}) != key(make(True), x, False, {"s": torch.ones(2)})
-    assert key(make(True), x, False, {}) != key(make(True), x, True, {})
-    assert key(make([1]), x, False, {}) is None  # an unhashable closure value
-    assert key(torch.nn.Linear(1, 1), x, False, {}) is None  # not a function
+    for key in (pattern_cache.memory_key, pattern_cache.disk_key):
+        assert key(_make(True), x, False, {}) == key(_make(True), (torch.randn(1, 3),), False, {})
+        assert key(WrapperModule(_make(True)), x, False, {}) == key(_make(True), x, False, {})
+        assert key(_make(True), x, False, {}) != key(_make(False), x, False, {})
+        assert key(_make(True), x, False, {}) != key(_make(True, F.conv1d), x, False, {})
+        assert key(_make(True), x, False, {}) != key(_make(True, eps=1e-3), x, False, {})
+        assert key(_make(True), x, False, {}) != key(_make(True), (torch.randn(2, 3),), False, {})
+        assert key(_make(True), x, False, {}) != key(_make(True), (torch.randn(1, 3, dtype=torch.float64),), False,
+                                                     {})
+        assert key(_make(True), x, False, {"s": torch.ones(1)}) != key(_make(True), x, False, {"s": torch.ones(2)})
+        assert key(_make(True), x, False, {}) != key(_make(True), x, True, {})
+        assert key(_make([1]), x, False, {}) is None  # an unhashable closure value
+        assert key(torch.nn.Linear(1, 1), x, False, {}) is None  # not a function
+    assert pattern_cache.disk_key(_make(True, fn=torch.nn.ReLU()), x, False, {}) is None  # no process-free text
 
 
-def test_pattern_cache_changes_nothing_in_the_converted_model(pqd, digits):
-    """m2mdc.quant memoises torchao's pattern-graph exports (a speed fix, ~25-30 s per convert): the
+def test_disk_key_is_the_same_in_another_process():
+    """A disk key names a file other processes read: no address, no hash order may enter it."""
+    code = ("import torch, torch.nn.functional as F; from m2mdc import pattern_cache; from tests.test_quant import _make; "
+            "print([pattern_cache.disk_key(_make(f, fn), (torch.randn(1, 3),), False, {'s': torch.ones(2)}) "
+            "for f in (True, False) for fn in (F.conv2d, torch.add)])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    here = [pattern_cache.disk_key(_make(f, fn), (torch.randn(1, 3),), False, {"s": torch.ones(2)})
+            for f in (True, False) for fn in (F.conv2d, torch.add)]
+    assert None not in here and len(set(here)) == 4
+    assert r.stdout.strip() == str(here)
+
+
+def test_pattern_cache_changes_nothing_in_the_converted_model(pqd, digits, pattern_dir, monkeypatch):
+    """m2mdc.pattern_cache keeps torchao's pattern-graph exports (a speed fix, ~25-30 s per convert): the
     INT8 model converted through torchao's own, uncached builder is the same graph with the same
-    constants and the same outputs, and so is a train/eval switch of the QAT graph."""
+    constants and the same outputs as the fixture's (exported and saved) and as one converted from the
+    saved programs alone (what a new process does); so is a train/eval switch of the QAT graph."""
     import importlib
 
     modules = [importlib.import_module(f"torchao.quantization.pt2e.{m}") for m in ("utils", "qat_utils")]
-    cached = quant.pattern_cache()
+    cached = pattern_cache.installed()
     assert cached is not None and all(m._get_aten_graph_module_for_pattern is cached for m in modules)
     assert cached.graphs  # the fixture's convert went through the cache
-    with quant.uncached_pattern_graphs():
+    assert len(list(pattern_dir.glob("*.pt2"))) == len(cached.graphs)  # and saved every graph
+    with pattern_cache.uncached():
         assert all(m._get_aten_graph_module_for_pattern is cached.uncached for m in modules)
         plain = quant.convert(pqd["prepared"], name="resnet18")
-    converted = pqd["converted"]
-    assert plain.code == converted.code
-    a, b = plain.state_dict(), converted.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    cached.graphs.clear()  # as in a new process: only the disk has the graphs
+    real, exports = torch.export.export, []
+    monkeypatch.setattr(torch.export, "export", lambda *a, **k: exports.append(a) or real(*a, **k))
+    from_disk = quant.convert(pqd["prepared"], name="resnet18")
+    monkeypatch.undo()
+    assert not exports and cached.graphs  # every pattern graph came from the saved programs
     x = next(iter(Loader(digits.test, 64, CPU))).x
-    assert torch.equal(plain(x), converted(x))
+    for converted in (pqd["converted"], from_disk):
+        assert plain.code == converted.code
+        a, b = plain.state_dict(), converted.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert torch.equal(plain(x), converted(x))
+
     def switched():
         gm = copy.deepcopy(pqd["prepared"])
         quant._set_mode(gm, train=True)
         quant._set_mode(gm, train=False)
         return gm.code
 
-    with quant.uncached_pattern_graphs():
+    with pattern_cache.uncached():
         uncached = switched()
     assert all(m._get_aten_graph_module_for_pattern is cached for m in modules)  # restored
     assert switched() == uncached
+
+
+def test_an_unreadable_saved_graph_is_exported_again(tmp_path):
+    """A truncated entry (a full disk, a killed writer) is no error: exported again and overwritten."""
+    from torchao.quantization.pt2e.export_utils import WrapperModule
+
+    def fresh_cache():  # a new process's: nothing in memory
+        return pattern_cache.cached_pattern_graphs(pattern_cache.installed().uncached, tmp_path)
+
+    x = (torch.randn(2, 3),)
+    first = fresh_cache()(WrapperModule(_make(True, torch.add)), x)
+    (entry,) = tmp_path.glob("*.pt2")
+    entry.write_bytes(entry.read_bytes()[:100])
+    again = fresh_cache()(WrapperModule(_make(True, torch.add)), x)
+    assert again.code == first.code
+    assert torch.equal(again(*x), first(*x))
+    assert entry.stat().st_size > 100  # overwritten with a whole program
 
 
 def test_converted_agrees_with_fake_quant(pqd, digits):
