@@ -1,5 +1,7 @@
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -15,6 +17,8 @@ if "M2MDC_CACHE_DIR" not in os.environ:
     _RUN_CACHE = os.environ["M2MDC_CACHE_DIR"] = tempfile.mkdtemp(prefix="m2mdc-test-cache-")
 
 from m2mdc.data import data_root, load_dataset  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -32,6 +36,39 @@ def digits():
     return load_dataset("digits")
 
 
+@pytest.fixture(scope="session")
+def smoke_teacher(tmp_path_factory, worker_id) -> Path:
+    """``teachers/`` holding the smoke profile's digits ResNet-18 teacher (5 epochs), trained once per run
+    by the first worker that asks, through the user's command (so its cache key is the one a search
+    computes); the others wait for it (xdist's documented pattern: a lock in the run's shared folder)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    root = root if worker_id == "master" else root.parent  # xdist: the folder of this run's workers
+    done = root / "smoke-teacher"
+    with FileLock(str(root / "smoke-teacher.lock")):
+        if not done.exists():
+            tmp = root / "smoke-teacher.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            r = subprocess.run([sys.executable, "-m", "m2mdc.teacher", "--arch", "resnet18", "--dataset", "digits",
+                                "--epochs", "5", "--out-dir", str(tmp)], cwd=REPO, capture_output=True, text=True,
+                               timeout=900)
+            assert r.returncode == 0, r.stderr[-3000:]
+            os.replace(tmp, done)
+    return done / "teachers"
+
+
+@pytest.fixture(scope="session")
+def search_out(tmp_path_factory, smoke_teacher):
+    """Makes a module's output root with the smoke teacher in it: the module's searches find it cached
+    (~20 s of training each module would otherwise repeat)."""
+    def make() -> Path:
+        out = tmp_path_factory.mktemp("search")
+        shutil.copytree(smoke_teacher, out / "teachers")
+        return out
+    return make
+
+
 @pytest.fixture()
 def out_dir(tmp_path) -> Path:
     return tmp_path / "outputs"
@@ -47,8 +84,9 @@ def _isolate_outputs(tmp_path, monkeypatch):
 # The longest files first (measured: `make test` prints --durations): with two xdist workers taking one
 # file at a time, a long file started last would leave one core idle at the end. This order only holds
 # with --no-loadscope-reorder (the Makefile passes it): xdist otherwise sorts files by their test count.
-LONGEST_FIRST = ("test_frontier.py", "test_readme_examples.py", "test_pqd_ablation.py", "test_ray_cluster.py",
-                 "test_cli_bad_input.py", "test_own_model.py", "test_quant.py", "test_pqd.py")
+LONGEST_FIRST = ("test_readme_examples.py", "test_search_resume.py", "test_search_members.py", "test_frontier.py",
+                 "test_pqd_ablation.py", "test_ray_cluster.py", "test_own_model.py", "test_quant.py", "test_pipeline.py",
+                 "test_pqd.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from .test_frontier import BUDGET, LEAN, check_search
+from .searches import BUDGET, LEAN, check_search
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -42,8 +42,8 @@ def _alive_nodes(address: str, env: dict) -> int:
 
 
 @pytest.fixture(scope="module")
-def out(tmp_path_factory):
-    return tmp_path_factory.mktemp("cluster")  # one output root: the smoke teacher is trained once
+def out(search_out):
+    return search_out()  # one output root, the run's smoke teacher in it
 
 
 @pytest.fixture(scope="module")

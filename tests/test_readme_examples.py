@@ -40,11 +40,11 @@ EXTRA = {"m2mdc.compress": ["--dataset", "digits", "--kd-epochs", "1", "--steps-
 # benchmark's fit still projects a trial onto its budget, and the command takes ~40 s less)
 # commands whose whole path has its own end-to-end test on digits (the test named must exist): here they
 # are only parsed, by the tool's own parser, so a README flag that does not exist still fails
-COVERED = {"analysis/baselines.py": "tests/test_frontier.py::test_baselines_train_every_row_with_the_same_settings",
-           "analysis/proxy_rank.py": "tests/test_frontier.py::test_proxy_rank_retrains_spread_trials_at_both_budgets",
+COVERED = {"analysis/baselines.py": "tests/test_search_members.py::test_baselines_train_every_row_with_the_same_settings",
+           "analysis/proxy_rank.py": "tests/test_search_resume.py::test_proxy_rank_retrains_spread_trials_at_both_budgets",
            "analysis/pqd_ablation.py": "tests/test_pqd_ablation.py::test_orders_each_trained_as_its_order_for_"
                                        "equal_epochs",
-           "analysis/finalize.py": "tests/test_frontier.py::test_finalize_logs_finalized_children_under_the_parent",
+           "analysis/finalize.py": "tests/test_search_members.py::test_finalize_logs_finalized_children_under_the_parent",
            "analysis/paper_table.py": "tests/test_paper_table.py::test_rows_are_mean_and_std_of_the_seed_runs"}
 FOLDER_FLAGS = ("--dataset", "folder")  # own-model commands keep their folder, shrunk to the test's
 # m2mdc.compress measures deployment (compiled latency, size) on the first command of each numeric format
@@ -162,8 +162,8 @@ def pareto_run_id(out: Path, experiment: str) -> str:
     return runs[0].info.run_id
 
 
-def test_every_readme_command_runs_shrunk(fixtures, checkpoints, tmp_path):  # noqa: F811
-    out = tmp_path / "out"
+def test_every_readme_command_runs_shrunk(fixtures, checkpoints, tmp_path, search_out):  # noqa: F811
+    out = search_out()  # the smoke teacher cached: the shrunk searches find it
     fixtures["out"] = str(out)
     fixtures["readme"] = str(tmp_path / "README.md")
     (tmp_path / "README.md").write_text((REPO / "README.md").read_text())
