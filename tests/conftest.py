@@ -81,23 +81,17 @@ def _isolate_outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("M2MDC_RESULTS_DIR", str(tmp_path / "results"))  # the committed results/ stays untouched
 
 
-# The longest units of work first (measured: `make test` prints --durations): xdist's workers take one
-# unit at a time (a file, or an xdist_group: the README's command chains), so a long unit started last
-# would leave cores idle at the end. Every test is grouped by its file unless it names its own group
-# (`make test` passes --dist loadgroup: module fixtures stay in one process). This order only holds with
-# --no-loadscope-reorder (the Makefile passes it): xdist otherwise sorts units by their test count.
-LONGEST_FIRST = ("test_search_resume.py", "test_search_members.py", "test_readme_examples.py", "test_pqd_ablation.py",
-                 "test_ray_cluster.py", "test_frontier.py", "test_quant.py", "test_own_model.py", "test_pipeline.py",
+# The longest files first (measured: `make test` prints --durations): with two xdist workers taking one
+# file at a time, a long file started last would leave one core idle at the end. This order only holds
+# with --no-loadscope-reorder (the Makefile passes it): xdist otherwise sorts files by their test count.
+LONGEST_FIRST = ("test_readme_examples.py", "test_search_resume.py", "test_search_members.py", "test_frontier.py",
+                 "test_pqd_ablation.py", "test_ray_cluster.py", "test_own_model.py", "test_quant.py", "test_pipeline.py",
                  "test_pqd.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
 
 
 def pytest_sessionfinish(session):

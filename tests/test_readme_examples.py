@@ -120,6 +120,11 @@ def accepts_out_dir(argv: list[str]) -> bool:
     return "--out-dir" in _help(tuple(argv[:3 if argv[1] == "-m" else 2]))
 
 
+@pytest.fixture(scope="module")
+def fixtures(data, checkpoints):  # noqa: F811
+    return {"folder": str(data["full"]), "teacher": str(checkpoints["bare"]), "run_id": None}
+
+
 class _Parsed(BaseException):
     """Raised by the patched parser once a tool's arguments parsed: the tool stops there."""
 
@@ -157,129 +162,62 @@ def pareto_run_id(out: Path, experiment: str) -> str:
     return runs[0].info.run_id
 
 
-PLACEHOLDERS = {k: "{" + k + "}" for k in ("folder", "teacher", "run_id", "out", "readme")}
-OWN_MODEL = "own-model"
-
-
-def experiment_of(argv: list[str]) -> str | None:
-    """The search a shrunk command runs (frontier.py) or reads (review, latency_budget --search)."""
-    for flag in ("--name", "--experiment", "--search"):
-        if flag in argv:
-            return argv[argv.index(flag) + 1]
-    return "frontier-resnet18-digits-b0.02" if tool_of(argv) == "search/frontier.py" else None
-
-
-def plan() -> tuple[dict[str, list[tuple[str, bool]]], list[str]]:
-    """The README's commands as independent chains, each run by its own test (xdist spreads them over its
-    workers; one chain alone took ~19 min): a search with the commands that read it (review, export,
-    latency_budget --search), the own-model commands together (they share a folder and a checkpoint),
-    every other command alone. A command that shrinks to one already planned (the default and the
-    CI-sized search) is dropped. Returns {chain: [(command, deploy)]} and the parse-only (COVERED) ones.
-    m2mdc.compress measures deployment (compiled latency, size) on the first command of each numeric
-    format only (deploy False on the others: compiles that repeat one code path whatever the plan)."""
-    chains: dict[str, list[tuple[str, bool]]] = {}
-    covered, seen, searches, deployed, last_search = [], set(), {}, set(), None
-    for cmd in readme_commands():
-        argv = shrink(cmd, PLACEHOLDERS)
-        tool = tool_of(argv)
-        if tool in COVERED:
-            covered.append(cmd)
-            continue
-        name = experiment_of(argv)
-        if tool == "search/frontier.py":
-            if name in searches:
-                last_search = name
-                continue  # the same search again: it is already planned
-        key = (tuple(sorted(argv)), last_search if "--run-id" in cmd else None)
-        if key in seen:
-            continue
-        seen.add(key)
-        deploy = True
-        if tool == "m2mdc.compress":
-            fmt = "int8" if "qat" in cmd or "--preset pqd" in cmd else "fp32"
-            deploy = fmt not in deployed
-            deployed.add(fmt)
-        if " ".join(FOLDER_FLAGS) in cmd:
-            chain = OWN_MODEL
-        elif tool == "search/frontier.py":
-            chain = f"search {name}"
-        elif "--run-id" in cmd:  # export: a Pareto member of the search run last
-            chain = searches[last_search]
-        elif name in searches:
-            chain = searches[name]
-        else:
-            chain = tool if tool not in chains else f"{tool} {len(chains)}"
-        if tool == "search/frontier.py":
-            searches[name], last_search = chain, name
-        chains.setdefault(chain, []).append((cmd, deploy))
-    return chains, covered
-
-
-CHAINS, COVERED_COMMANDS = plan()
-
-
-def test_the_readme_shows_every_tool():
-    """The README keeps an example of each tool (run by the chains below or covered by a named test)."""
-    tools = {tool_of(shlex.split(c)) for chain in CHAINS.values() for c, _ in chain}
-    assert {"m2mdc.teacher", "m2mdc.compress", "m2mdc.allocate", "search/frontier.py", "analysis/review.py",
-            "analysis/export.py", "analysis/compare_samplers.py", "benchmarks/latency.py",
-            "benchmarks/search_overhead.py"} <= tools, tools
-    assert {tool_of(shlex.split(c)) for c in COVERED_COMMANDS} == set(COVERED)
-
-
-@pytest.mark.parametrize("cmd", COVERED_COMMANDS)
-def test_covered_readme_command_parses(cmd):
-    """A command whose whole path has its own end-to-end test is parsed here, by the tool's own parser,
-    so a README flag that does not exist still fails."""
-    argv = shlex.split(cmd)
-    file, name = COVERED[tool_of(argv)].split("::")
-    assert f"def {name}(" in (REPO / file).read_text(), COVERED[tool_of(argv)]
-    assert parses([sys.executable, *argv[1:]]), cmd  # the README's own flags, unshrunk
-
-
-@pytest.mark.parametrize("chain", [pytest.param(c, marks=pytest.mark.xdist_group(f"readme: {c}")) for c in CHAINS])
-def test_readme_commands_run_shrunk(chain, tmp_path, search_out, request):
+def test_every_readme_command_runs_shrunk(fixtures, checkpoints, tmp_path, search_out):  # noqa: F811
     out = search_out()  # the smoke teacher cached: the shrunk searches find it
-    fixtures = {"out": str(out), "readme": str(tmp_path / "README.md"), "run_id": None}
+    fixtures["out"] = str(out)
+    fixtures["readme"] = str(tmp_path / "README.md")
     (tmp_path / "README.md").write_text((REPO / "README.md").read_text())
-    if chain == OWN_MODEL or any("--teacher " in c for c, _ in CHAINS[chain]):
-        data, checkpoints = request.getfixturevalue("data"), request.getfixturevalue("checkpoints")
-        fixtures.update(folder=str(data["full"]), teacher=str(checkpoints["bare"]))
     env = {**os.environ, "M2MDC_OUT_DIR": str(out)}  # the review tools read the default output root
-    took, last_experiment = {}, None
-    for cmd, deploy in CHAINS[chain]:
+    seen, ran, last_experiment, took, deployed = set(), [], None, {}, set()
+    for cmd in readme_commands():
         if "--run-id" in cmd:  # export: a Pareto member of the search run last
             fixtures["run_id"] = pareto_run_id(out, last_experiment)
         argv = shrink(cmd, fixtures)
-        if not deploy:
-            argv.append("--no-deploy")
+        if tool_of(argv) in COVERED:
+            file, name = COVERED[tool_of(argv)].split("::")
+            assert f"def {name}(" in (REPO / file).read_text(), COVERED[tool_of(argv)]
+            assert parses([sys.executable, *shlex.split(cmd)[1:]]), cmd  # the README's own flags, unshrunk
+            continue
+        if tool_of(argv) == "m2mdc.compress":
+            fmt = "int8" if "qat" in cmd or "--preset pqd" in cmd else "fp32"
+            if fmt in deployed:
+                argv.append("--no-deploy")
+            deployed.add(fmt)
+        key = tuple(sorted(argv))
+        if key in seen:  # two README lines that shrink to one command (e.g. the default and CI-sized search)
+            continue
+        seen.add(key)
         if "--out-dir" not in argv and accepts_out_dir(argv):
             argv += ["--out-dir", str(out)]
         if tool_of(argv) == "search/frontier.py":
-            last_experiment = experiment_of(argv)
+            i = argv.index("--name") + 1 if "--name" in argv else None
+            last_experiment = argv[i] if i else "frontier-resnet18-digits-b0.02"
+            if (out / "search" / last_experiment).exists():  # the same search again: it is already there
+                continue
         start = time.perf_counter()
         r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=1200, env=env)
         assert r.returncode == 0 and "Traceback" not in r.stderr, (cmd, argv, r.stdout[-2000:], r.stderr[-3000:])
+        ran.append(cmd)
         took[cmd] = time.perf_counter() - start
     # where this test's time goes (`pytest -rP` prints it): what to look at first when CI runs long
-    print("\n".join(f"{t:6.0f} s  {c}" for c, t in took.items()))
-    if any(tool_of(shlex.split(c)) == "m2mdc.compress" and deploy for c, deploy in CHAINS[chain]):
-        # a compress command with deployment numbers on records them (the crash it once had)
-        records = [json.loads(p.read_text()) for p in (out / "compress").glob("*/record.json")]
-        assert any(r.get("deploy", {}).get("latency") for r in records), [list(r) for r in records]
-    if chain == OWN_MODEL:
-        # the own-model search ran on the user's folder with the user's checkpoint: its recorded teacher
-        # accuracy is an independent evaluation of that checkpoint, and its trials trained on the CPU
-        import mlflow
+    print("\n".join(f"{t:6.0f} s  {c}" for c, t in sorted(took.items(), key=lambda kv: -kv[1])))
+    tools = {tool_of(shlex.split(c)) for c in ran}
+    assert {"m2mdc.teacher", "m2mdc.compress", "m2mdc.allocate", "search/frontier.py", "analysis/review.py",
+            "analysis/export.py", "analysis/compare_samplers.py", "benchmarks/latency.py",
+            "benchmarks/search_overhead.py"} <= tools, tools
+    # the own-model search ran on the user's folder with the user's checkpoint: its recorded teacher
+    # accuracy is an independent evaluation of that checkpoint, and its trials trained on the CPU
+    import mlflow
 
-        from tests.test_own_model import plain_accuracy, read_folder
+    from tests.test_own_model import plain_accuracy, read_folder
 
-        client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-        runs = client.search_runs([client.get_experiment_by_name("mine").experiment_id])
-        parent = next(x for x in runs if x.data.tags.get("role") == "search")
-        val_x, val_y = read_folder(Path(fixtures["folder"]) / "val")
-        assert parent.data.metrics["teacher_val_top1"] == pytest.approx(
-            plain_accuracy(checkpoints["model"], val_x, val_y))
-        trials = [x for x in runs if x.data.tags.get("role") == "trial"]
-        assert len(trials) == 1 and trials[0].data.tags["status"] == "completed"
-        assert trials[0].data.tags["device"] == "cpu"
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("mine").experiment_id])
+    parent = next(x for x in runs if x.data.tags.get("role") == "search")
+    val_x, val_y = read_folder(Path(fixtures["folder"]) / "val")
+    assert parent.data.metrics["teacher_val_top1"] == pytest.approx(plain_accuracy(checkpoints["model"], val_x, val_y))
+    trials = [x for x in runs if x.data.tags.get("role") == "trial"]
+    assert len(trials) == 1 and trials[0].data.tags["status"] == "completed" and trials[0].data.tags["device"] == "cpu"
+    # the README's first compress command ran with deployment numbers on (the crash it once had)
+    records = [json.loads(p.read_text()) for p in (out / "compress").glob("*/record.json")]
+    assert any(r.get("deploy", {}).get("latency") for r in records), [list(r) for r in records]
