@@ -24,14 +24,15 @@ demo: $(STAMP)
 demo-compress: $(STAMP)
 	$(PY) -m m2mdc.demo
 
-# Two pytest workers, one test file each at a time (module fixtures stay in one process): much of the
-# suite is single-threaded (subprocess start-up, Ray, inductor compiles, 1-CPU search trials), so the
-# second core is otherwise idle. Passive OpenMP waiting keeps two workers' thread pools from spinning
-# against each other on a 2-core machine. --no-loadscope-reorder keeps the files in the order
-# tests/conftest.py gives them (longest first); xdist's default reorders by test count, which queued the
-# one-test README file (~20 min) last and left a worker idle for ~10 min (the option is xdist >= 3.8).
+# Three pytest workers on two cores, one test file each at a time (module fixtures stay in one
+# process): much of the suite waits (subprocess start-up, Ray start and teardown, polls, 1-CPU search
+# trials), so two workers left the CPU ~27 % idle (measured: 2 workers 2215 s at 146 % CPU; 3 workers
+# 2022 s at 152 %). Passive OpenMP waiting keeps the workers' thread pools from spinning against each
+# other. --no-loadscope-reorder keeps the files in the order tests/conftest.py gives them (longest
+# first); xdist's default reorders by test count, which queued the one-test README file last and left
+# workers idle at the end (the option is xdist >= 3.8).
 test: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=40 $(PYTEST_ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=40 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/data_pipeline.py
