@@ -10,7 +10,7 @@ closure flags, the example inputs' shapes and dtypes, never their values); calle
 one that edits its pattern cannot change another's. On disk, torch.export's own serialisation of the
 ExportedProgram is kept (``torch.export.save``), and torchao's builder is replayed on the loaded
 program, so its post-processing is torchao's own code, not a copy: a new process (a search trial
-worker, a CLI run) loads ~100 graphs in ~2 s instead of exporting them again. tests/test_quant.py
+worker, a CLI run) loads ~100 graphs instead of exporting them again (benchmarks/qat_convert.py). tests/test_quant.py
 checks the converted model is the same as torchao's uncached one, from memory and from disk.
 
 The disk folder: ``$M2MDC_CACHE_DIR/torchao-patterns``, else ``~/.cache/m2mdc/torchao-patterns``
@@ -95,17 +95,20 @@ def _text(v) -> str:
     raise TypeError(f"no process-independent text for {type(v).__name__}")
 
 
-def disk_key(pattern, example_inputs: tuple, is_cuda: bool, kwargs: dict) -> str | None:
-    """``memory_key`` as a file name valid in any process (with the torch and torchao versions), or None."""
-    key = memory_key(pattern, example_inputs, is_cuda, kwargs)
-    if key is None:
-        return None
+def _file_name(pattern, key: tuple) -> str | None:
+    """A memory key as a file name valid in any process (with the torch and torchao versions), or None."""
     fn = _function(pattern)
     try:
         text = _text((torch.__version__, torchao.__version__, fn.__module__, fn.__qualname__, *key))
     except TypeError:
         return None
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def disk_key(pattern, example_inputs: tuple, is_cuda: bool, kwargs: dict) -> str | None:
+    """``memory_key`` as a file name valid in any process, or None."""
+    key = memory_key(pattern, example_inputs, is_cuda, kwargs)
+    return None if key is None else _file_name(pattern, key)
 
 
 @contextlib.contextmanager
@@ -175,7 +178,7 @@ def cached_pattern_graphs(build, directory: Path | None):
         if key is None:
             return build(pattern, example_inputs, is_cuda, **kwargs)
         if key not in graphs:
-            name = disk_key(pattern, example_inputs, is_cuda, kwargs) if cached.directory is not None else None
+            name = _file_name(pattern, key) if cached.directory is not None else None
             graphs[key] = (build(pattern, example_inputs, is_cuda, **kwargs) if name is None else
                            _build_through_disk(build, cached.directory, name, pattern, example_inputs, is_cuda,
                                                kwargs))

@@ -81,8 +81,8 @@ def _isolate_outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("M2MDC_RESULTS_DIR", str(tmp_path / "results"))  # the committed results/ stays untouched
 
 
-# The longest files first (measured: `make test` prints --durations): with two xdist workers taking one
-# file at a time, a long file started last would leave one core idle at the end. This order only holds
+# The longest files first (measured: `make test` prints --durations): with xdist's workers taking one
+# file at a time, a long file started last would leave cores idle at the end. This order only holds
 # with --no-loadscope-reorder (the Makefile passes it): xdist otherwise sorts files by their test count.
 LONGEST_FIRST = ("test_readme_examples.py", "test_search_resume.py", "test_search_members.py", "test_frontier.py",
                  "test_pqd_ablation.py", "test_ray_cluster.py", "test_own_model.py", "test_quant.py", "test_pipeline.py",
