@@ -69,6 +69,12 @@ def search_out(tmp_path_factory, smoke_teacher):
     return make
 
 
+@pytest.fixture(scope="module")
+def readme_out(search_out) -> Path:
+    """The output root a README test file's command chains share (tests/readme.py)."""
+    return search_out()
+
+
 @pytest.fixture()
 def out_dir(tmp_path) -> Path:
     return tmp_path / "outputs"
@@ -84,9 +90,11 @@ def _isolate_outputs(tmp_path, monkeypatch):
 # The longest files first (measured: `make test` prints --durations): with xdist's workers taking one
 # file at a time, a long file started last would leave cores idle at the end. This order only holds
 # with --no-loadscope-reorder (the Makefile passes it): xdist otherwise sorts files by their test count.
-LONGEST_FIRST = ("test_readme_examples.py", "test_search_resume.py", "test_search_members.py", "test_frontier.py",
-                 "test_pqd_ablation.py", "test_ray_cluster.py", "test_own_model.py", "test_quant.py", "test_pipeline.py",
-                 "test_pqd.py")
+# The README's commands are spread over several files for this (tests/readme.py).
+LONGEST_FIRST = ("test_search_resume.py", "test_search_members.py", "test_readme_latency.py",
+                 "test_readme_compress.py", "test_ray_cluster.py", "test_pqd_ablation.py", "test_readme_searches.py",
+                 "test_own_model.py", "test_frontier.py", "test_readme_benchmarks.py", "test_quant.py",
+                 "test_pipeline.py", "test_pqd.py")
 
 
 def pytest_collection_modifyitems(config, items):

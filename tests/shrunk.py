@@ -3,7 +3,7 @@ from 40 to SHORT_STEPS (CI time): ``python -m tests.shrunk analysis/finalize.py 
 
 Only the number of batches changes: the tool, its arguments, its epochs and KD settings are the
 user's, and tests assert on the steps per epoch the runs record, so a run that ignored the shrink
-would fail them. (The README test runs the finalize command unshrunk.)"""
+would fail them. (The README's finalize command is only parsed: tests/readme.py.)"""
 import runpy
 import sys
 

@@ -2,7 +2,7 @@
 (from the digits data; one grayscale, one RGBA), a checkpoint trained by a plain PyTorch loop
 written here (not the project's teacher code), saved as a bare state_dict and as a DataParallel
 checkpoint dict; compress runs on them (the README's own-model commands, a smoke search on this folder
-and checkpoint included, run in test_readme_examples.py); bad input is one line, exit 2, nothing written."""
+and checkpoint included: the README's own-model commands, tests/readme.py); bad input is one line, exit 2, nothing written."""
 import json
 import subprocess
 import sys
@@ -189,3 +189,22 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(data, checkpoints, tmp_
         assert "broken.png" in lines[0]
     written = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
     assert not written, written
+
+
+def test_readme_own_model_commands_run_shrunk(data, checkpoints, readme_out):
+    """The README's own-model commands (teacher check, compress, search, review, export), shrunk to this
+    folder and checkpoint (tests/readme.py). The search's recorded teacher accuracy is an independent
+    evaluation of the user's checkpoint, and its trial trained on the CPU."""
+    import mlflow
+
+    from tests.readme import OWN_MODEL, chains_run_by, run_chain
+
+    chain = next(c for c in chains_run_by(__file__) if c.name == OWN_MODEL)
+    run_chain(chain, readme_out, {"folder": str(data["full"]), "teacher": str(checkpoints["bare"]), "run_id": None})
+    client = mlflow.MlflowClient(f"sqlite:///{readme_out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("mine").experiment_id])
+    parent = next(x for x in runs if x.data.tags.get("role") == "search")
+    val_x, val_y = read_folder(data["full"] / "val")
+    assert parent.data.metrics["teacher_val_top1"] == pytest.approx(plain_accuracy(checkpoints["model"], val_x, val_y))
+    trials = [x for x in runs if x.data.tags.get("role") == "trial"]
+    assert len(trials) == 1 and trials[0].data.tags["status"] == "completed" and trials[0].data.tags["device"] == "cpu"
