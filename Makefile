@@ -24,15 +24,15 @@ demo: $(STAMP)
 demo-compress: $(STAMP)
 	$(PY) -m m2mdc.demo
 
-# Three pytest workers on two cores, one test file each at a time (module fixtures stay in one
-# process): much of the suite waits (subprocess start-up, Ray start and teardown, polls, 1-CPU search
-# trials), so two workers left the CPU ~27 % idle (measured: 2 workers 2215 s at 146 % CPU; 3 workers
-# 2022 s at 152 %). Passive OpenMP waiting keeps the workers' thread pools from spinning against each
-# other. --no-loadscope-reorder keeps the files in the order tests/conftest.py gives them (longest
-# first); xdist's default reorders by test count, which queued the one-test README file last and left
-# workers idle at the end (the option is xdist >= 3.8).
+# Two pytest workers, one test file each at a time (module fixtures stay in one process); the README's
+# commands are spread over several files (tests/readme.py) so that no file is much over ~10 min. The
+# suite is CPU-bound on two cores: clean clone, cold caches, 2-core EPYC VM, 2022 s with three workers
+# and the README in one test, 2070 s with two workers and it split, 2332 s with three workers and it
+# split (concurrent Ray searches and timings slowed each other ~3x). Passive OpenMP waiting keeps the
+# workers' thread pools from spinning against each other. --no-loadscope-reorder keeps the files in the
+# order tests/conftest.py gives them (longest first; xdist's default sorts by test count; xdist >= 3.8).
 test: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=40 $(PYTEST_ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=40 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/data_pipeline.py

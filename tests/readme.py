@@ -45,8 +45,12 @@ EXTRA = {"m2mdc.compress": ["--dataset", "digits", "--kd-epochs", "1", "--steps-
 # Latencies are timed at batch 8, not the README's 64 (the same code path; measured: the latency_budget
 # benchmark's fit still projects a trial onto its budget, and the command takes ~40 s less)
 # commands whose whole path has its own end-to-end test on digits (the test named must exist): they
-# are only parsed, by the tool's own parser, so a README flag that does not exist still fails
-COVERED = {"analysis/baselines.py": "tests/test_search_members.py::test_baselines_train_every_row_with_the_same_settings",
+# are only parsed, by the tool's own parser, so a README flag that does not exist still fails. A key
+# "TOOL --FLAG" covers the tool's commands with that flag; the commands that read a covered search
+# (its review, its latency check) are covered with it (that test runs them too)
+COVERED = {"search/frontier.py --budget-ms": "tests/test_frontier.py::test_latency_objective_front_and_hypervolume_"
+                                             "over_three_objectives",
+           "analysis/baselines.py": "tests/test_search_members.py::test_baselines_train_every_row_with_the_same_settings",
            "analysis/proxy_rank.py": "tests/test_search_resume.py::test_proxy_rank_retrains_spread_trials_at_both_budgets",
            "analysis/pqd_ablation.py": "tests/test_pqd_ablation.py::test_orders_each_trained_as_its_order_for_"
                                        "equal_epochs",
@@ -92,6 +96,12 @@ def tool_of(argv: list[str]) -> str:
     return argv[2] if argv[1] == "-m" else argv[1]
 
 
+def covering_test(argv: list[str]) -> str | None:
+    """The end-to-end test that covers this command (COVERED), if any."""
+    tool = tool_of(argv)
+    return COVERED.get(tool) or next((COVERED[f"{tool} {a}"] for a in argv if f"{tool} {a}" in COVERED), None)
+
+
 def flag(argv: list[str], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv[:-1] else None
 
@@ -120,37 +130,43 @@ class Chain:
         return RUN_BY.get(self.name if self.name == OWN_MODEL else tool_of(shlex.split(self.commands[0])))
 
 
-def plan(commands: list[str]) -> tuple[list[Chain], list[str]]:
-    """The README's commands cut into chains, and the covered commands (only parsed). A command that
-    reads a search (review --experiment, latency_budget --search, export of the last search's member)
+def plan(commands: list[str]) -> tuple[list[Chain], list[tuple[str, str]]]:
+    """The README's commands cut into chains, and the covered commands (only parsed) with their tests. A
+    command that reads a search (review --experiment, latency_budget --search, export of the last search's member)
     joins that search's chain; a search or command already run is not run again (two README lines can
     shrink to one: the default and the CI-sized search)."""
     chains: list[Chain] = []
-    covered: list[str] = []
-    by_search: dict[str, Chain] = {}
+    covered: list[tuple[str, str]] = []  # (command, the test covering it)
+    by_search: dict[str, Chain | str] = {}  # a search's chain, or the test covering it
     last_search, seen, deploying = None, set(), set()
     for cmd in commands:
         argv = shlex.split(cmd)
         tool = tool_of(argv)
-        if tool in COVERED:
-            covered.append(cmd)
-            continue
+        reads = flag(argv, "--experiment") or flag(argv, "--search")
+        reads = reads and reads.replace("cifar100", "digits")
         if tool == "search/frontier.py":
             last_search = search_name(cmd)
             if last_search in by_search:
                 continue
+        test = covering_test(argv)
+        if tool in ("analysis/review.py", "benchmarks/latency_budget.py") and isinstance(by_search.get(reads), str):
+            test = by_search[reads]  # it reads a covered search: that search's test runs it
+        if test:
+            covered.append((cmd, test))
+            if tool == "search/frontier.py":
+                by_search[last_search] = test
+            continue
         key = (tuple(sorted(argv)), last_search if "--run-id" in argv else None)  # an export reads the last search
         if key in seen:
             continue
         seen.add(key)
-        reads = flag(argv, "--experiment") or flag(argv, "--search")
         if " ".join(FOLDER_FLAGS) in cmd:
             chain = next((c for c in chains if c.name == OWN_MODEL), None)
             if chain is None:
                 chain = Chain(OWN_MODEL)
                 chains.append(chain)
         elif tool in ("analysis/review.py", "benchmarks/latency_budget.py") and reads:
-            chain = by_search[reads.replace("cifar100", "digits")]
+            chain = by_search[reads]
         elif "--run-id" in argv:
             chain = by_search[last_search]
         else:

@@ -184,6 +184,13 @@ def test_latency_objective_front_and_hypervolume_over_three_objectives(out):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "objectives val_top1, gmacs, latency_ms" in r.stdout
     assert (out / "review" / "latency" / "frontier-latency_ms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the README's latency check of such a search (its --budget-ms search and this check are only parsed
+    # there, tests/readme.py): every finished trial re-timed in a fresh process, a report written
+    r = subprocess.run([sys.executable, "benchmarks/latency_budget.py", "--search", "latency", "--out-dir", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
+    assert f"{len(done)} finished trials re-timed in a fresh process" in r.stdout
+    assert (out / "benchmarks" / "latency_budget" / "recheck-latency" / "latency_budget.json").exists()
 
 
 def test_latency_budget_search_is_not_retrained_as_a_gmacs_one(out, capfd):

@@ -16,8 +16,8 @@ TRAINED = ("pqd", "qdp", "dpq")  # every stage once first, once second, once las
 
 
 @pytest.fixture(scope="module")
-def ablation(tmp_path_factory):
-    out, results = tmp_path_factory.mktemp("pqd-out"), tmp_path_factory.mktemp("pqd-results")
+def ablation(tmp_path_factory, search_out):
+    out, results = search_out(), tmp_path_factory.mktemp("pqd-results")  # the run's digits teacher cached in out
     mp = pytest.MonkeyPatch()
     mp.setenv("M2MDC_RESULTS_DIR", str(results))
     # the short budget's 8 epochs, of 3 batches instead of 40 (CI time): equal epochs is what is tested

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.readme import COVERED, OWN_MODEL, REPO, RUN_BY, parses, plan, readme_commands, tool_of
+from tests.readme import OWN_MODEL, REPO, RUN_BY, parses, plan, readme_commands, tool_of
 
 
 def test_every_readme_command_is_run_by_one_test_file_or_parsed():
@@ -20,7 +20,7 @@ def test_every_readme_command_is_run_by_one_test_file_or_parsed():
     for file in {c.file for c in chains}:
         assert "chains_run_by(__file__)" in (REPO / file).read_text() or "chain_test(__file__)" in \
             (REPO / file).read_text(), f"{file} is named in RUN_BY but runs no README chain"
-    placed = [cmd for c in chains for cmd in c.commands] + covered
+    placed = [cmd for c in chains for cmd in c.commands] + [cmd for cmd, _ in covered]
     assert len(placed) == len(set(placed))  # each at most once
     for cmd in set(commands) - set(placed):  # left out only as a repeat of a command that runs
         argv = shlex.split(cmd)
@@ -35,10 +35,13 @@ def test_every_readme_command_is_run_by_one_test_file_or_parsed():
                                                                     "analysis/review.py"}
 
 
-@pytest.mark.parametrize("cmd", plan(readme_commands())[1], ids=lambda c: shlex.split(c)[1])
-def test_covered_readme_command_parses_and_its_test_exists(cmd):
-    file, name = COVERED[tool_of(shlex.split(cmd))].split("::")
-    assert f"def {name}(" in (REPO / file).read_text(), COVERED[tool_of(shlex.split(cmd))]
+COVERED_COMMANDS = plan(readme_commands())[1]
+
+
+@pytest.mark.parametrize("cmd,test", COVERED_COMMANDS, ids=[shlex.split(c)[1] for c, _ in COVERED_COMMANDS])
+def test_covered_readme_command_parses_and_its_test_exists(cmd, test):
+    file, name = test.split("::")
+    assert f"def {name}(" in (REPO / file).read_text(), test
     assert parses([sys.executable, *shlex.split(cmd)[1:]]), cmd  # the README's own flags, unshrunk
 
 
@@ -50,8 +53,11 @@ def test_chains_follow_what_each_command_reads():
                    ["m2mdc.teacher", "m2mdc.compress", "search/frontier.py", "analysis/review.py",
                     "analysis/export.py"],
                    ["m2mdc.compress"], ["m2mdc.compress"], ["m2mdc.compress"],
-                   ["search/frontier.py", "benchmarks/latency_budget.py"],
                    ["benchmarks/kd_epoch.py"]]
     assert chains[1].name == OWN_MODEL and chains[1].file == RUN_BY[OWN_MODEL]
-    assert [c.deploy for c in chains] == [set(), {1}, set(), {0}, set(), set(), set()]  # once per format
-    assert covered == ["python analysis/finalize.py --experiment frontier-resnet18-cifar100-b0.02 --k 2"]
+    assert [c.deploy for c in chains] == [set(), {1}, set(), {0}, set(), set()]  # once per format
+    latency = "tests/test_frontier.py::test_latency_objective_front_and_hypervolume_over_three_objectives"
+    assert covered == [("python analysis/finalize.py --experiment frontier-resnet18-cifar100-b0.02 --k 2",
+                        "tests/test_search_members.py::test_finalize_logs_finalized_children_under_the_parent"),
+                       ("python search/frontier.py --budget-ms 9 --name lat-cifar100", latency),
+                       ("python benchmarks/latency_budget.py --search lat-cifar100", latency)]
