@@ -73,6 +73,7 @@ RUN_BY = {OWN_MODEL: "tests/test_own_model.py",  # beside the folder and checkpo
           "benchmarks/search_overhead.py": "tests/test_readme_benchmarks.py",
           "analysis/compare_samplers.py": "tests/test_readme_benchmarks.py"}
 DEFAULT_SEARCH = "frontier-resnet18-digits-b0.02"  # a shrunk search's name when the README gives none
+READS_A_SEARCH = ("analysis/review.py", "benchmarks/latency_budget.py")  # by --experiment / --search
 
 
 def readme_commands(text: str | None = None) -> list[str]:
@@ -106,10 +107,15 @@ def flag(argv: list[str], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv[:-1] else None
 
 
+def shrunk_name(name: str) -> str:
+    """A search's name once shrunk (--name, --experiment, --search): the digits data renames cifar100's."""
+    return name.replace("cifar100", "digits")
+
+
 def search_name(cmd: str) -> str:
-    """The experiment a README search command makes once shrunk (the digits data renames cifar100's)."""
+    """The experiment a README search command makes once shrunk."""
     name = flag(shlex.split(cmd), "--name")
-    return name.replace("cifar100", "digits") if name else DEFAULT_SEARCH
+    return shrunk_name(name) if name else DEFAULT_SEARCH
 
 
 @dataclass
@@ -118,6 +124,7 @@ class Chain:
     name: str
     commands: list[str] = field(default_factory=list)
     deploy: set[int] = field(default_factory=set)  # indices of the compress commands that time their model
+    search: str | None = None  # the experiment of the chain's search (what its review and export read)
 
     @property
     def id(self) -> str:
@@ -143,13 +150,13 @@ def plan(commands: list[str]) -> tuple[list[Chain], list[tuple[str, str]]]:
         argv = shlex.split(cmd)
         tool = tool_of(argv)
         reads = flag(argv, "--experiment") or flag(argv, "--search")
-        reads = reads and reads.replace("cifar100", "digits")
+        reads = reads and shrunk_name(reads)
         if tool == "search/frontier.py":
             last_search = search_name(cmd)
             if last_search in by_search:
                 continue
         test = covering_test(argv)
-        if tool in ("analysis/review.py", "benchmarks/latency_budget.py") and isinstance(by_search.get(reads), str):
+        if tool in READS_A_SEARCH and isinstance(by_search.get(reads), str):
             test = by_search[reads]  # it reads a covered search: that search's test runs it
         if test:
             covered.append((cmd, test))
@@ -165,7 +172,7 @@ def plan(commands: list[str]) -> tuple[list[Chain], list[tuple[str, str]]]:
             if chain is None:
                 chain = Chain(OWN_MODEL)
                 chains.append(chain)
-        elif tool in ("analysis/review.py", "benchmarks/latency_budget.py") and reads:
+        elif tool in READS_A_SEARCH and reads:
             chain = by_search[reads]
         elif "--run-id" in argv:
             chain = by_search[last_search]
@@ -173,7 +180,7 @@ def plan(commands: list[str]) -> tuple[list[Chain], list[tuple[str, str]]]:
             chain = Chain(cmd)
             chains.append(chain)
         if tool == "search/frontier.py":
-            by_search[last_search] = chain
+            by_search[last_search], chain.search = chain, last_search
         if tool == "m2mdc.compress":
             fmt = "int8" if "qat" in cmd or "--preset pqd" in cmd else "fp32"
             if fmt not in deploying:  # deployment numbers once per numeric format (compiles repeating one path)
@@ -206,7 +213,7 @@ def shrink(cmd: str, fixtures: dict) -> list[str]:
             elif own_model and tok == "--resolution":
                 new = "32"
             elif tok in ("--experiment", "--name", "--search"):
-                new = val.replace("cifar100", "digits")
+                new = shrunk_name(val)
             else:
                 new = SHRINK.get(tok, val)
             if new is not None:
@@ -279,13 +286,11 @@ def run_chain(chain: Chain, out: Path, fixtures: dict) -> None:
     where the time went (`pytest -rP` shows it: what to look at first when CI runs long)."""
     fixtures = {**fixtures, "out": str(out)}
     env = {**os.environ, "M2MDC_OUT_DIR": str(out)}  # the review tools read the default output root
-    last_search, took = None, []
+    took = []
     for i, cmd in enumerate(chain.commands):
-        if "--run-id" in cmd:  # export: a Pareto member of the chain's search run last
-            fixtures["run_id"] = pareto_run_id(out, last_search)
+        if "--run-id" in cmd:  # export: a Pareto member of the chain's search (it ran before)
+            fixtures["run_id"] = pareto_run_id(out, chain.search)
         argv = shrink(cmd, fixtures)
-        if tool_of(argv) == "search/frontier.py":
-            last_search = search_name(cmd)
         if tool_of(argv) == "m2mdc.compress" and i not in chain.deploy:
             argv.append("--no-deploy")
         if "--out-dir" not in argv and accepts_out_dir(argv):

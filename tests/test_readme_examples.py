@@ -18,8 +18,9 @@ def test_every_readme_command_is_run_by_one_test_file_or_parsed():
         assert chain.file, (f"README command {chain.commands[0]!r}: no test file runs it; add its tool to RUN_BY "
                             "in tests/readme.py")
     for file in {c.file for c in chains}:
-        assert "chains_run_by(__file__)" in (REPO / file).read_text() or "chain_test(__file__)" in \
-            (REPO / file).read_text(), f"{file} is named in RUN_BY but runs no README chain"
+        text = (REPO / file).read_text()
+        assert "chains_run_by(__file__)" in text or "chain_test(__file__)" in text, \
+            f"{file} is named in RUN_BY but runs no README chain"
     placed = [cmd for c in chains for cmd in c.commands] + [cmd for cmd, _ in covered]
     assert len(placed) == len(set(placed))  # each at most once
     for cmd in set(commands) - set(placed):  # left out only as a repeat of a command that runs
