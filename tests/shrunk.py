@@ -1,5 +1,6 @@
-"""Run an analysis tool as a user does, but with the short training budget's batches per epoch cut
-from 40 to SHORT_STEPS (CI time): ``python -m tests.shrunk analysis/finalize.py ARGS...``.
+"""Run an analysis tool as a user does, but with the budgets' batches per epoch cut (CI time): the
+short budget's from 40 to SHORT_STEPS, the long budget's from all (18 on digits) to LONG_STEPS, still
+more than the short one's: ``python -m tests.shrunk analysis/finalize.py ARGS...``.
 
 Only the number of batches changes: the tool, its arguments, its epochs and KD settings are the
 user's, and tests assert on the steps per epoch the runs record, so a run that ignored the shrink
@@ -9,7 +10,8 @@ import sys
 
 from analysis import study
 
-SHORT_STEPS = 4
+SHORT_STEPS = 2
+LONG_STEPS = 3
 PREFIX = [sys.executable, "-m", "tests.shrunk"]  # what a test puts before the tool's path
 
 
@@ -20,5 +22,6 @@ def short_budget(steps: int = SHORT_STEPS) -> dict:
 
 if __name__ == "__main__":
     study.BUDGETS["short"] = short_budget()  # the one dict every tool reads
+    study.BUDGETS["long"] = {**study.BUDGETS["long"], "steps_per_epoch": LONG_STEPS}
     sys.argv = sys.argv[1:]
     runpy.run_path(sys.argv[0], run_name="__main__")

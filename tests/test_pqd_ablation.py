@@ -10,7 +10,7 @@ import pytest
 from analysis import pqd_ablation, study
 from m2mdc.compiler import compile_config, dry_target
 from m2mdc.presets import PQD_ORDERS
-from tests.shrunk import short_budget
+from tests.shrunk import SHORT_STEPS, short_budget
 
 TRAINED = ("pqd", "qdp", "dpq")  # every stage once first, once second, once last
 
@@ -20,8 +20,8 @@ def ablation(tmp_path_factory, search_out):
     out, results = search_out(), tmp_path_factory.mktemp("pqd-results")  # the run's digits teacher cached in out
     mp = pytest.MonkeyPatch()
     mp.setenv("M2MDC_RESULTS_DIR", str(results))
-    # the short budget's 8 epochs, of 3 batches instead of 40 (CI time): equal epochs is what is tested
-    mp.setitem(study.BUDGETS, "short", short_budget(3))
+    # the short budget's 8 epochs, of SHORT_STEPS batches instead of 40 (CI time): equal epochs is what is tested
+    mp.setitem(study.BUDGETS, "short", short_budget())
     try:
         assert pqd_ablation.main(["--dataset", "digits", "--epochs", "5", "--seeds", "0", "--no-long",
                                   "--orders", ",".join(TRAINED), "--out-dir", str(out)]) == 0
@@ -51,7 +51,7 @@ def test_orders_each_trained_as_its_order_for_equal_epochs(ablation):
         assert r["seeds"] == [0] and r["int8"] is True
     assert len({r["epochs_trained"] for r in short}) == 1 and short[0]["epochs_trained"] == 8
     saved = [json.loads(p.read_text()) for p in (results / "pqd_ablation" / "resnet18-digits").glob("*.json")]
-    assert {s["kd_settings"]["steps_per_epoch"] for s in saved} == {3}
+    assert {s["kd_settings"]["steps_per_epoch"] for s in saved} == {SHORT_STEPS}
     assert {s["epochs_trained"] for s in saved} == {8}
     assert len(list((results / "pqd_ablation" / "resnet18-digits").glob("*.json"))) == len(TRAINED)
     md = (out / "pqd_ablation" / "resnet18-digits" / "pqd_ablation.md").read_text()
@@ -81,7 +81,7 @@ def test_fresh_clone_times_the_artefact_by_retraining_its_model_without_changing
     fresh = tmp_path / "fresh-out"
     mp = pytest.MonkeyPatch()
     mp.setenv("M2MDC_RESULTS_DIR", str(results))
-    mp.setitem(study.BUDGETS, "short", short_budget(3))
+    mp.setitem(study.BUDGETS, "short", short_budget())
     try:
         shutil.copytree(out / "teachers", fresh / "teachers")  # the same teacher: results keyed by its hash
         assert pqd_ablation.main(["--dataset", "digits", "--epochs", "5", "--seeds", "0", "--no-long",

@@ -123,12 +123,13 @@ def test_baselines_train_every_row_with_the_same_settings(out, tmp_path):
     """analysis/baselines.py: equal KD settings and epochs are asserted on what each row's training was
     handed (the plans it ran), not on a label; the tuned row keeps the search's own KD knobs. Latency is
     timed in the second call only (one row and the teacher: the same code for every row, and ~14 inductor
-    compiles less in CI)."""
+    compiles less in CI). The M2M-DC row is left out: a compiled config like the uniform row, trained by
+    the same code (and every smoke search on the lean space trains it: its one seeded baseline)."""
     pytest.importorskip("torch_pruning")
     results = tmp_path / "results"
     r = subprocess.run([*SHRUNK, "analysis/baselines.py", "--budget-gmacs", str(BUDGET), "--dataset", "digits",
                         "--epochs", "5", "--experiment", "failing", "--k", "1", "--seeds", "0", "--budgets", "short",
-                        "--only", "uniform,global,Taylor,M2M-DC,search", "--no-latency", "--out-dir", str(out)],
+                        "--only", "uniform,global,Taylor,search", "--no-latency", "--out-dir", str(out)],
                        cwd=REPO, capture_output=True,
                        text=True, timeout=1500, env={**os.environ, "M2MDC_RESULTS_DIR": str(results)})
     assert r.returncode == 0, r.stderr[-3000:]

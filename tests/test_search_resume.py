@@ -12,7 +12,7 @@ from hypothesis import strategies
 
 from tests.searches import BUDGET, LEAN, REPO, check_search, frontier, interrupt_after_one_trial, mlflow_runs
 from tests.shrunk import PREFIX as SHRUNK
-from tests.shrunk import SHORT_STEPS
+from tests.shrunk import LONG_STEPS, SHORT_STEPS
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def test_proxy_rank_retrains_spread_trials_at_both_budgets(out, tmp_path):
     saved = [json.loads(p.read_text()) for p in (results / "finalize" / "resumable").glob("*.json")]
     assert sorted(s["run"]["budget"] for s in saved) == ["long"] * 3 + ["short"] * 3
     assert {s["epochs_trained"] for s in saved} == {8}
-    assert {s["kd_settings"]["steps_per_epoch"] for s in saved} == {SHORT_STEPS, None}  # short (shrunk), long
+    assert {s["kd_settings"]["steps_per_epoch"] for s in saved} == {SHORT_STEPS, LONG_STEPS}  # both shrunk
     for x in rows:  # the table's vals are the saved runs' vals
         for b in ("short", "long"):
             assert x[f"{b}_val"] == next(s["val_top1"] for s in saved if s["run"]["budget"] == b
