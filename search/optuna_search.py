@@ -27,13 +27,29 @@ def constraint_of(frozen_trial) -> tuple[float, ...]:
     return tuple(frozen_trial.user_attrs.get("constraint", (0.0,)))
 
 
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II with its generation lock rebuilt on unpickling. Ray Tune pickles the searcher,
+    sampler included, when a search starts (and at every experiment checkpoint), and Optuna 5.1's GA
+    samplers hold a ``threading.Lock`` that pickle refuses: every ``--sampler nsga2`` search died there."""
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        import threading
+
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 def make_sampler(name: str, seed: int, n_startup: int = 4):
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, constraints_func=constraint_of,
                                           multivariate=True, group=True)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup),
-                                             constraints_func=constraint_of)
+        return PicklableNSGAIISampler(seed=seed, population_size=max(4, n_startup), constraints_func=constraint_of)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")

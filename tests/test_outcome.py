@@ -7,7 +7,7 @@ import pytest
 from ray import tune
 
 from search.early_stop import CollapseStoppingASHA
-from search.optuna_search import ParetoSafeOptunaSearch, make_sampler
+from search.optuna_search import SAMPLERS, ParetoSafeOptunaSearch, make_sampler
 from search.outcome import trial_status
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -107,3 +107,24 @@ def test_one_shot_trials_are_compared_with_one_shot_trials_and_seeds_run_to_the_
     assert feed("o2", "one-shot", 40.0) == "CONTINUE"
     assert feed("o3", "one-shot", 10.0) == "STOP"  # a collapse among its own kind
     assert set(sched.rungs()) == {"one-shot", "progressive"}
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_sampler_survives_rays_pickling_and_keeps_sampling(name):
+    """Ray Tune pickles the searcher, sampler included, when a search starts and at each experiment
+    checkpoint; Optuna 5.1's NSGA-II holds a lock that made every --sampler nsga2 search die there.
+    The unpickled searcher must go on past NSGA-II's first generation (population 4)."""
+    from ray import cloudpickle
+
+    s = ParetoSafeOptunaSearch(space={"x": tune.uniform(0, 1)}, metric=["val_top1", "gmacs"], mode=["max", "min"],
+                               sampler=make_sampler(name, 0), budget_gmacs=0.02)
+    for i in range(3):
+        s.suggest(f"a{i}")
+        s.on_trial_complete(f"a{i}", {"final": True, "val_top1": 50.0 + i, "gmacs": 0.01 + 0.001 * i})
+    s = cloudpickle.loads(cloudpickle.dumps(s))
+    for i in range(6):
+        x = s.suggest(f"b{i}")["x"]
+        assert 0 <= x <= 1
+        s.on_trial_complete(f"b{i}", {"final": True, "val_top1": 40.0 + 10 * x, "gmacs": 0.005 + 0.01 * x})
+    states = [t.state for t in s._ot_study.trials]
+    assert len(states) == 9 and set(states) == {optuna.trial.TrialState.COMPLETE}
