@@ -4,7 +4,9 @@
 
 Arguments after ``--`` go to every search/frontier.py run unchanged (same budget, space, profile,
 teacher, seed); each search is named BASE-SAMPLER. Afterwards analysis/review.py overlays the
-fronts and plots each search's hypervolume after every trial.
+fronts and plots each search's hypervolume after every trial. Run again, the command resumes: a
+search already under the output root is continued with --resume (a finished one is only re-reported,
+an interrupted one finishes its trials; changed settings are refused by the search itself).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 from m2mdc.errors import Parser, UserError, cli
+from m2mdc.io import out_root
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -33,12 +36,14 @@ def main(argv=None):
         raise UserError(f"--samplers {a.samplers!r}: choose from {', '.join(SAMPLERS)}")
     if any(x in extra for x in ("--sampler", "--name")):
         raise UserError("do not pass --sampler or --name after --: this command sets them per search")
+    root = out_root(extra[extra.index("--out-dir") + 1] if "--out-dir" in extra[:-1] else None)
     names = []
     for s in samplers:
         name = f"{a.base_name}-{s}"
-        print(f"== {name}", flush=True)
+        started = (root / "search" / name / "search.json").exists()  # written once its search has started
+        print(f"== {name}{' (resumed: it exists under ' + str(root) + ')' if started else ''}", flush=True)
         r = subprocess.run([sys.executable, str(REPO / "search" / "frontier.py"), *extra, "--sampler", s,
-                            "--name", name], cwd=REPO)
+                            "--name", name, *(["--resume"] if started else [])], cwd=REPO)
         if r.returncode != 0:
             return r.returncode
         names.append(name)

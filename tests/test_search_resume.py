@@ -39,6 +39,32 @@ def test_resume_after_interrupt_runs_no_trial_twice(out):
     for c in children:  # trials finished before the interrupt were not run again
         if c.data.tags["trial_id"] in finished:
             assert c.info.end_time == finished[c.data.tags["trial_id"]]
+    # resuming a finished search (what compare_samplers does when run again) only re-reports it
+    again = frontier(out, *args, "--resume")
+    assert "Pareto set (" in again.stdout
+    _, parents, after = mlflow_runs(out, "resumable")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert {c.data.tags["trial_id"]: c.info.end_time for c in after} == \
+        {c.data.tags["trial_id"]: c.info.end_time for c in children}
+
+
+def test_compare_samplers_resumes_the_searches_that_exist(tmp_path, monkeypatch):
+    """Run again, compare_samplers continues each search already under the output root (--resume) and
+    starts the others; what each search does with --resume is the test above."""
+    from analysis import compare_samplers
+
+    (tmp_path / "search" / "cmp-tpe").mkdir(parents=True)
+    (tmp_path / "search" / "cmp-tpe" / "search.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(compare_samplers.subprocess, "run",
+                        lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    assert compare_samplers.main(["--samplers", "tpe,random", "--base-name", "cmp", "--",
+                                  "--budget-gmacs", "0.02", "--out-dir", str(tmp_path)]) == 0
+    searches = {c[c.index("--name") + 1]: c for c in calls if "--name" in c}
+    assert list(searches) == ["cmp-tpe", "cmp-random"]
+    assert "--resume" in searches["cmp-tpe"] and "--resume" not in searches["cmp-random"]
+    review = calls[-1]
+    assert review[1].endswith("review.py") and review[review.index("--out-dir") + 1] == str(tmp_path)
 
 
 @given(strategies.integers(1, 40), strategies.integers(2, 12))
