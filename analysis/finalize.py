@@ -332,10 +332,12 @@ def main(argv=None):
             lines.append(f"| {s['trial_id']} | {s['search_val']:.2f} | {b} | {mean_std([r['val_top1'] for r in rs])} | "
                          f"{mean_std([r['test_top1'] for r in rs])} | {rs[0]['gmacs']:.4f} | "
                          f"{rs[0]['params'] / 1e6:.3f}M | {len(rs)} |")
-    md = "\n".join(lines) + "\n"
-    write_text(root / "finalize" / a.experiment / "finalize.md", md)
+    best = f"best by mean val ({budgets[-1]}): trial {best_member(summaries, budgets[-1])['trial_id']}"
+    kd = "each member's own sampled KD settings" if a.kd == "tuned" else "the baselines' fixed KD settings"
+    md = "\n".join([f"Command: `{a.command}`", "", *lines, "",
+                    f"Test and val: mean ± sample std over seeds {a.seeds}; {kd}; {best}."]) + "\n"
+    write_text(root / "finalize" / a.experiment / "finalize.md", md)  # its first line names the command
     print(md)
-    print(f"best by mean val ({budgets[-1]}): trial {best_member(summaries, budgets[-1])['trial_id']}")
     return 0
 
 
