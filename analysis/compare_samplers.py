@@ -36,11 +36,16 @@ def main(argv=None):
         raise UserError(f"--samplers {a.samplers!r}: choose from {', '.join(SAMPLERS)}")
     if any(x in extra for x in ("--sampler", "--name")):
         raise UserError("do not pass --sampler or --name after --: this command sets them per search")
-    root = out_root(extra[extra.index("--out-dir") + 1] if "--out-dir" in extra[:-1] else None)
+    from search.driver import SEARCH_RECORD, search_folder
+
+    def given(flag: str) -> str | None:  # a flag's value among the searches' arguments
+        return extra[extra.index(flag) + 1] if flag in extra[:-1] else None
+
+    root = out_root(given("--out-dir"))
     names = []
     for s in samplers:
         name = f"{a.base_name}-{s}"
-        started = (root / "search" / name / "search.json").exists()  # written once its search has started
+        started = (search_folder(root, name) / SEARCH_RECORD).exists()
         print(f"== {name}{' (resumed: it exists under ' + str(root) + ')' if started else ''}", flush=True)
         r = subprocess.run([sys.executable, str(REPO / "search" / "frontier.py"), *extra, "--sampler", s,
                             "--name", name, *(["--resume"] if started else [])], cwd=REPO)
@@ -49,8 +54,8 @@ def main(argv=None):
         names.append(name)
     review = [sys.executable, str(REPO / "analysis" / "review.py"), "--experiment", names[0], "--compare", *names[1:]]
     for flag in ("--out-dir", "--mlflow-uri"):
-        if flag in extra:
-            review += [flag, extra[extra.index(flag) + 1]]
+        if given(flag) is not None:
+            review += [flag, given(flag)]
     return subprocess.run(review, cwd=REPO).returncode
 
 

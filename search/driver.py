@@ -14,6 +14,14 @@ from pathlib import Path
 from m2mdc.data import Dataset
 
 
+SEARCH_RECORD = "search.json"  # in a search's folder once it has started: identity and parent run, what --resume reads
+
+
+def search_folder(root: Path, name: str) -> Path:
+    """Where the search NAME keeps its Ray Tune state, Optuna study and record under the output root."""
+    return (root / "search" / name).resolve()
+
+
 @dataclass(frozen=True)
 class Profile:
     """How much compute one search spends (the sampled space is the same in every profile)."""
@@ -186,7 +194,7 @@ def run_search(req: SearchRequest) -> int:
         if req.resume_meta is None:
             log_search_inputs(tracker, parent, space, teacher)
         # on resume too: a resume with --remeasure on another CPU now names this one
-        write_json(exp_dir / "search.json", {"identity": req.identity, "parent_run_id": parent,
+        write_json(exp_dir / SEARCH_RECORD, {"identity": req.identity, "parent_run_id": parent,
                                              "mlflow_uri": req.mlflow_uri})
         trainable = tune.with_resources(tune.with_parameters(compression_trial, shared=SharedSetup(setup)),
                                         trial_resources(req))

@@ -23,7 +23,7 @@ from m2mdc.errors import Parser, UserError, check_range, cli
 from m2mdc.io import ensure_writable, out_root
 from m2mdc.objectives import OBJECTIVE_SETS
 from m2mdc.cli.args import add_data_args, add_teacher_args, teacher_and_data, teacher_from_args
-from search.driver import PROFILES, SearchRequest, run_search
+from search.driver import PROFILES, SEARCH_RECORD, SearchRequest, run_search, search_folder
 
 ASHA_STOP_FRACTION = 0.25  # a trial in the bottom quarter at a rung has collapsed (search/early_stop.py)
 
@@ -270,8 +270,8 @@ def main(argv=None):
     budgets = ([f"b{a.budget_gmacs:g}"] if gmacs_given else []) + (
         [f"{a.budget_ms:g}ms-bs{a.latency_batch}"] if a.budget_ms is not None else [])
     name = a.name or f"frontier-{a.arch}-{ds.name}-{'-'.join(budgets)}"
-    exp_dir = (root / "search" / name).resolve()
-    meta_path = exp_dir / "search.json"
+    exp_dir = search_folder(root, name)
+    meta_path = exp_dir / SEARCH_RECORD
     identity = {"space_digest": space.digest, "arch": a.arch, "dataset": ds.name, "budget_gmacs": a.budget_gmacs,
                 "profile": a.profile, "objectives": a.objectives, "sampler": a.sampler, "num_samples": num_samples,
                 "kd_epochs": kd_epochs, "steps_per_epoch": steps, "teacher": repr(recipe)}
