@@ -282,7 +282,10 @@ def pareto_run_id(out: Path, experiment: str) -> str:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_WORKER_LINE = re.compile(r"^(\([^)]*pid=\d+[^)]*\)) (.*)$")
+# one worker's "Exception ignored in" block, every line under its "(name pid=N)" prefix, up to its first
+# "SystemExit: 1"
+_WORKER_EXIT_BLOCK = re.compile(r"^(\([^)\n]*pid=\d+[^)\n]*\)) Exception ignored in.*\n"
+                                r"(?:\1(?: .*)?\n)*?\1 SystemExit: 1$", re.M)
 
 
 def without_ray_worker_teardown(stderr: str) -> str:
@@ -293,22 +296,8 @@ def without_ray_worker_teardown(stderr: str) -> str:
     Only such a block is removed: it must come from one worker (its ``(name pid=N)`` prefix), start with
     ``Exception ignored in``, pass through Ray's ``sigterm_handler`` and end with ``SystemExit: 1``; any
     other traceback stays."""
-    lines = _ANSI.sub("", stderr).splitlines()
-    keep, i = [], 0
-    while i < len(lines):
-        m = _WORKER_LINE.match(lines[i])
-        if m and m.group(2).startswith("Exception ignored in"):
-            prefix, j = m.group(1), i + 1
-            while j < len(lines) and lines[j].startswith(prefix) and not lines[j].endswith("SystemExit: 1"):
-                j += 1
-            block = lines[i:j + 1]
-            if (j < len(lines) and lines[j].startswith(prefix) and lines[j].endswith("SystemExit: 1")
-                    and any("sigterm_handler" in ln for ln in block)):
-                i = j + 1
-                continue
-        keep.append(lines[i])
-        i += 1
-    return "\n".join(keep)
+    return _WORKER_EXIT_BLOCK.sub(lambda m: "" if "sigterm_handler" in m.group(0) else m.group(0),
+                                  _ANSI.sub("", stderr))
 
 
 def run_chain(chain: Chain, out: Path, fixtures: dict) -> None:
