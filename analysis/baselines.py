@@ -23,9 +23,10 @@ the same KD settings, BN recalibration after every structural edit):
 * **PQD at full width** (prune 50% -> QAT -> KD, INT8) and **Torch-Pruning + QAT** (INT8): latency
   rows, short budget only.
 
-Each (row, budget, seed) result is a JSON file under results/baselines/ARCH-DATASET-bBUDGET/, reused
-while the teacher's weights match; the seed-0 model of each row is timed at the end, all rows in
-one run (batch 1 and 64, compiled FP32, INT8 for the QAT rows; backend recorded).
+Each (row, budget, seed) result is a JSON file under results/baselines/ARCH-DATASET-bBUDGET/ (or
+``--name``, for another teacher's table), reused while the teacher's weights match; the seed-0 model
+of each row is timed at the end, all rows in one run (batch 1 and 64, compiled FP32, INT8 for the QAT
+rows; backend recorded).
 """
 from __future__ import annotations
 
@@ -212,6 +213,8 @@ def main(argv=None):
     p.add_argument("--budgets", default="short,long", help=f"comma-separated, of {', '.join(BUDGETS)}")
     p.add_argument("--only", default=None, help="comma-separated words: rows whose label contains one of them")
     p.add_argument("--no-latency", action="store_true", help="skip the final latency measurements")
+    p.add_argument("--name", default=None, help="the table's folder under OUT/baselines/ and results/baselines/ "
+                   "(default ARCH-DATASET-bBUDGET); name another teacher's table, so it does not replace this one")
     p.add_argument("--int8-seeds", default=None, help="seeds of the INT8 latency rows (default: --seeds); "
                    "their accuracy is shown with the seeds it has")
     p.add_argument("--long-seeds", default=None, help="seeds of the long budget (default: --seeds), so its ~8-min "
@@ -234,6 +237,9 @@ def main(argv=None):
     if not set(long_seeds) <= set(seeds):
         raise UserError(f"--long-seeds {a.long_seeds!r} must be among --seeds {a.seeds!r}")
     seeds_of = {b: long_seeds if b == "long" else seeds for b in budgets}
+    if a.name is not None and (Path(a.name).name != a.name or a.name in ("", ".", "..")):
+        raise UserError(f"--name {a.name!r} must be a plain folder name (no '/'), "
+                        f"e.g. resnet18-cifar100-b0.02-teacher30")
     from m2mdc.compiler import target_of
     from m2mdc.context import prepare_context
     from m2mdc.device import pick_device
@@ -254,7 +260,7 @@ def main(argv=None):
     source, ds = teacher_and_data(a)
     ctx = prepare_context(a.arch, ds, source, pick_device(a.device), a.out_dir)
     target = target_of(ctx)
-    name = f"{a.arch}-{ds.name}-b{a.budget_gmacs:g}"
+    name = a.name or f"{a.arch}-{ds.name}-b{a.budget_gmacs:g}"
     folder, models = results_root() / "baselines" / name, ensure_writable(root / "baselines" / name / "models")
     rows: dict[str, list[dict]] = {}
     from_saved: list[str] = []  # searches this MLflow store does not hold, read from their saved record

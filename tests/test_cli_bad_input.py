@@ -87,6 +87,7 @@ CASES = {
         (["--budget-gmacs", "0.02", "--long-seeds", "x"], "--long-seeds 'x' must be comma-separated integers"),
         (["--budget-gmacs", "0.02", "--experiment", "a", "--experiment", "a"], "--experiment repeats a search"),
         (["--budget-gmacs", "0.02", "--k", "2", "--screen", "1"], "screen at least --k trials"),
+        (["--budget-gmacs", "0.02", "--name", "../elsewhere"], "must be a plain folder name"),
     ],
     "analysis.finalize": [
         (["--experiment", "nope", "--mlflow-uri", "{store}"], "no MLflow experiment named 'nope'"),

@@ -129,11 +129,12 @@ def test_baselines_train_every_row_with_the_same_settings(out, tmp_path):
     results = tmp_path / "results"
     r = subprocess.run([*SHRUNK, "analysis/baselines.py", "--budget-gmacs", str(BUDGET), "--dataset", "digits",
                         "--epochs", "5", "--experiment", "failing", "--k", "1", "--seeds", "0", "--budgets", "short",
-                        "--only", "uniform,global,Taylor,search", "--no-latency", "--out-dir", str(out)],
+                        "--only", "uniform,global,Taylor,search", "--no-latency", "--name", "digits-table",
+                        "--out-dir", str(out)],
                        cwd=REPO, capture_output=True,
                        text=True, timeout=1500, env={**os.environ, "M2MDC_RESULTS_DIR": str(results)})
     assert r.returncode == 0, r.stderr[-3000:]
-    folder = out / "baselines" / "resnet18-digits-b0.02"
+    folder = out / "baselines" / "digits-table"  # --name: another teacher's table beside the default one
     data = json.loads((folder / "baselines.json").read_text())
     rows = data["rows"]
     assert any(k.startswith("Torch-Pruning global") for k in rows) and any(k.startswith("uniform") for k in rows)
@@ -152,18 +153,19 @@ def test_baselines_train_every_row_with_the_same_settings(out, tmp_path):
     assert tuned[0]["kd_settings"]["lr"] == pytest.approx(float(trial.data.params["kd_lr"]))  # its own sampled lr
     assert data["latency"] == {} and (folder / "baselines.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (folder / "baselines-latency.png").exists()  # --no-latency draws no empty latency plot
-    assert sorted(p.name for p in results.glob("baselines/*")) == ["resnet18-digits-b0.02"]
+    assert sorted(p.name for p in results.glob("baselines/*")) == ["digits-table"]
     # A fresh machine has the committed results but not the models under outputs/: a row is reused as
     # saved, and its model is trained again only to be timed, which the table says
     import shutil
 
     uniform = rows[next(k for k in rows if k.startswith("uniform"))][0]
-    saved = results / "baselines" / "resnet18-digits-b0.02" / f"short-seed0-{uniform['key']}.json"
+    saved = results / "baselines" / "digits-table" / f"short-seed0-{uniform['key']}.json"
     before = saved.read_bytes()
     shutil.rmtree(folder / "models" / saved.stem)
     again = subprocess.run([*SHRUNK, "analysis/baselines.py", "--budget-gmacs", str(BUDGET), "--dataset",
                             "digits", "--epochs", "5", "--seeds", "0", "--budgets", "short", "--only", "uniform",
-                            "--out-dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900,
+                            "--name", "digits-table", "--out-dir", str(out)], cwd=REPO, capture_output=True, text=True,
+                           timeout=900,
                            env={**os.environ, "M2MDC_RESULTS_DIR": str(results)})
     assert again.returncode == 0, again.stderr[-3000:]
     redo = json.loads((folder / "baselines.json").read_text())
