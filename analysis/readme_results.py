@@ -34,6 +34,7 @@ SOURCES = {
     "proxy-rank": ("proxy_rank/frontier-resnet18-cifar100-b0.02-width/proxy_rank.md", []),
     "paper-table": ("paper_table/paper_table-cifar100.md", []),
     "pqd-ablation": ("pqd_ablation/resnet18-cifar100/pqd_ablation.md", []),
+    "depth-latency": ("benchmarks/depth_latency/resnet18-b0.02.md", []),
     "latency-budget": ("benchmarks/latency_budget/latency-bench-bs64-v2/latency_budget.md", []),
     "latency-recheck": ("benchmarks/latency_budget/recheck-frontier-resnet18-cifar100-9ms-bs64-v3/latency_budget.md",
                         []),

@@ -38,6 +38,7 @@ EXTRA = {"m2mdc.compress": ["--dataset", "digits", "--kd-epochs", "1", "--steps-
          "benchmarks/data_pipeline.py": ["--batches", "3", "--repeats", "1"],
          "benchmarks/kd_epoch.py": ["--batches", "3", "--repeats", "1"], "benchmarks/mi_scoring.py": ["--repeats", "1"],
          "benchmarks/latency.py": ["--rounds", "1", "--repeats", "3", "--int8", "qat", "--batch-sizes", "1"],
+         "benchmarks/depth_latency.py": ["--rounds", "1", "--repeats", "3", "--warmup", "1", "--batch-sizes", "1"],
          "benchmarks/latency_budget.py": ["--space", "tests/data/space-lean.yaml", "--threads", "1"],
          "analysis/readme_results.py": ["--readme", "{readme}"]}  # a copy: the test never edits the README
 # a --budget-ms search runs under a generous budget (one timed build, not six: ~1 min less);
@@ -71,6 +72,7 @@ RUN_BY = {OWN_MODEL: "tests/test_own_model.py",  # beside the folder and checkpo
           "benchmarks/mi_scoring.py": "tests/test_readme_benchmarks.py",
           "benchmarks/kd_epoch.py": "tests/test_readme_benchmarks.py",
           "benchmarks/search_overhead.py": "tests/test_readme_benchmarks.py",
+          "benchmarks/depth_latency.py": "tests/test_readme_benchmarks.py",
           "analysis/compare_samplers.py": "tests/test_readme_benchmarks.py"}
 DEFAULT_SEARCH = "frontier-resnet18-digits-b0.02"  # a shrunk search's name when the README gives none
 READS_A_SEARCH = ("analysis/review.py", "benchmarks/latency_budget.py")  # by --experiment / --search

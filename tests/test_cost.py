@@ -118,3 +118,29 @@ def test_much_faster_than_fvcore():
     t_cm = (time.perf_counter() - t0) / n
     assert got == pytest.approx(ref, rel=1e-9)
     assert t_fv / t_cm >= 100, f"CostModel {t_cm * 1e6:.0f} us vs fvcore {t_fv * 1e3:.0f} ms"
+
+
+@pytest.mark.parametrize("arch, budget", [("resnet18", 0.02), ("mobilenet_v2", 0.004)])
+def test_depth_latency_rows_spend_the_budget_on_fewer_blocks(arch, budget):
+    """benchmarks/depth_latency.py times these rows; what they are is checked here, untimed: one row per
+    number of blocks, each within the budget by fvcore's count, transition blocks and a block per stage
+    kept, and the Torch-Pruning-like reference at full depth."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("depth_latency", "benchmarks/depth_latency.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows, adapter = bench.architectures(arch, NC, 32, budget)
+    teacher, *edited, floor = rows
+    model = adapter.base_model(NC)
+    total = len(adapter.blocks(model))
+    protected = {b for b in adapter.blocks(model) if adapter.is_protected(model, b)}
+    assert teacher["blocks"] == total and edited[0]["blocks"] == total and edited[0]["name"].startswith("Torch-Pruning")
+    assert [r["blocks"] for r in edited] == sorted({r["blocks"] for r in edited}, reverse=True)
+    assert floor["blocks"] == edited[-1]["blocks"] < total
+    for r in edited + [floor]:
+        kept = {adapter.block_name(s, i) for s, idx in r["keep_cfg"]["blocks"].items() for i in idx}
+        assert protected <= kept and all(r["keep_cfg"]["blocks"].values())
+        assert r["gmacs"] == pytest.approx(metrics.gmacs(adapter.rebuild(r["keep_cfg"], NC), 32), rel=1e-6)
+        assert r["gmacs"] <= budget * (1 + 1e-9)
+    assert metrics.gmacs(adapter.rebuild(teacher["keep_cfg"], NC), 32) > budget

@@ -1,4 +1,4 @@
-"""The README's other benchmarks (data pipeline, MI scoring, KD epoch, search overhead) and the sampler
+"""The README's other benchmarks (data pipeline, MI scoring, KD epoch, search overhead, depth latency) and the sampler
 comparison, run shrunk (tests/readme.py: how, and which file runs what)."""
 from tests.readme import chain_test
 
