@@ -22,6 +22,9 @@ the same KD settings, BN recalibration after every structural edit):
   ``--experiment`` may repeat (two searches of different spaces), each adding its own two rows;
 * **PQD at full width** (prune 50% -> QAT -> KD, INT8) and **Torch-Pruning + QAT** (INT8): latency
   rows, short budget only.
+* **your configurations** (``--config LABEL=JSON``, repeatable): structural knob values as a search
+  trial takes them, widths projected onto the budget, trained like every row (a candidate of your own,
+  or a point outside the search space, judged on the same terms).
 
 Each (row, budget, seed) result is a JSON file under results/baselines/ARCH-DATASET-bBUDGET/ (or
 ``--name``, for another teacher's table), reused while the teacher's weights match; the seed-0 model
@@ -98,9 +101,64 @@ def torch_pruning_student(teacher, adapter, budget: float, resolution: int, glob
     return student, keep, hi
 
 
-def baseline_runs(budget: str, seed: int, int8_seeds: list[int] | None = None) -> list[Run]:
-    """The rows of one (budget, seed); the INT8 latency rows (full-width PQD, Torch-Pruning + QAT) only
-    at the short budget and, when ``int8_seeds`` is given, only at those seeds."""
+CONFIG_ROW = "{} (--config)"  # the row label of a --config configuration
+
+
+def parse_configs(texts: list[str]) -> dict[str, dict]:
+    """--config LABEL=JSON, each a row label -> structural knob values; names and values checked against
+    the knob table (m2mdc.knobs), so a typo is one line before anything trains. KD knobs are refused:
+    every row trains with the same FIXED_KD settings, which would silently override them."""
+    import json
+
+    from m2mdc.knobs import KNOBS, knob_for
+
+    configs: dict[str, dict] = {}
+    for text in texts:
+        label, sep, body = text.partition("=")
+        label = label.strip()
+        try:
+            config = json.loads(body) if sep and label else None
+        except ValueError as e:
+            raise UserError(f"--config {text!r}: the part after '=' is not JSON ({e.msg}); e.g. --config "
+                            f"'shallow={{\"prune_ratio\": 0.8, \"planes_keep\": 1.0, \"mid_keep\": 1.0}}'") from None
+        if not isinstance(config, dict):
+            raise UserError(f"--config {text!r} must be LABEL=JSON object of knob values, e.g. "
+                            f"'shallow={{\"prune_ratio\": 0.8}}'")
+        if CONFIG_ROW.format(label) in configs:
+            raise UserError(f"--config label {label!r} is given twice; name each configuration once")
+        unknown = sorted(set(config) - set(KNOBS))
+        if unknown:
+            raise UserError(f"--config {label}: unknown knob(s) {', '.join(unknown)}; knobs: {', '.join(KNOBS)}")
+        shared = sorted(set(config) & {knob_for(setting) for setting in FIXED_KD})
+        if shared:
+            raise UserError(f"--config {label}: {', '.join(shared)} set the KD settings every row of the table shares "
+                            f"({', '.join(f'{knob_for(k)} {v:g}' for k, v in FIXED_KD.items())}); drop them")
+        for name, value in config.items():
+            msg = KNOBS[name].rule.message(f"--config {label}: {name}", value)
+            if msg is not None:
+                raise UserError(msg)
+        configs[CONFIG_ROW.format(label)] = config
+    return configs
+
+
+def check_configs(configs: dict[str, dict], arch: str, num_classes: int, resolution: int, budget: float) -> None:
+    """Every --config compiles to a plan within the budget (widths projected onto it, as a trial's are),
+    checked on the architecture alone, before the teacher or any row trains."""
+    from m2mdc.compiler import compile_config, dry_target
+
+    target = dry_target(arch, num_classes, resolution)
+    for row, config in configs.items():
+        plan = compile_config(config, target, budget_gmacs=budget)
+        if not plan.feasible:
+            raise UserError(f"{row}: cannot be brought within {budget:g} GMACs "
+                            f"({'; '.join(plan.notes) or 'infeasible'})")
+
+
+def baseline_runs(budget: str, seed: int, int8_seeds: list[int] | None = None,
+                  configs: dict[str, dict] | None = None) -> list[Run]:
+    """The rows of one (budget, seed), then the user's ``configs`` (label -> knob values); the INT8
+    latency rows (full-width PQD, Torch-Pruning + QAT) only at the short budget and, when ``int8_seeds``
+    is given, only at those seeds."""
     from m2mdc.compiler import BASELINES
 
     runs = [Run("uniform width (|BN gamma|, one repair)", "config", budget, seed, config=BASELINES["uniform width"]),
@@ -112,6 +170,7 @@ def baseline_runs(budget: str, seed: int, int8_seeds: list[int] | None = None) -
     if budget == "short" and (int8_seeds is None or seed in int8_seeds):
         runs += [Run("PQD at full width: prune 50% -> QAT -> KD (INT8)", "pqd", budget, seed, recipe="pqd"),
                  Run("Torch-Pruning local + QAT (INT8)", "torch-pruning", budget, seed, qat=True)]
+    runs += [Run(label, "config", budget, seed, config=config) for label, config in (configs or {}).items()]
     return runs
 
 
@@ -219,6 +278,10 @@ def main(argv=None):
                    "their accuracy is shown with the seeds it has")
     p.add_argument("--long-seeds", default=None, help="seeds of the long budget (default: --seeds), so its ~8-min "
                    "runs can be added over several sessions; each row says which seeds each budget has")
+    p.add_argument("--config", action="append", default=[], metavar="LABEL=JSON",
+                   help="a configuration of your own as a row: knob values as a search trial takes them (missing "
+                        "knobs take their defaults), widths projected onto the budget, trained like every row; "
+                        "repeatable, e.g. 'shallow={\"prune_ratio\": 0.8, \"planes_keep\": 1, \"mid_keep\": 1}'")
     add_screen_args(p)
     p.add_argument("--mlflow-uri", default=None)
     add_teacher_args(p)
@@ -257,7 +320,9 @@ def main(argv=None):
             check_search_setting(search, a, experiment)
             if a.screen:
                 search.screen_pool(a.budget_gmacs, a.screen, a.band)
+    configs = parse_configs(a.config)
     source, ds = teacher_and_data(a)
+    check_configs(configs, a.arch, ds.num_classes, ds.resolution, a.budget_gmacs)
     ctx = prepare_context(a.arch, ds, source, pick_device(a.device), a.out_dir)
     target = target_of(ctx)
     name = a.name or f"{a.arch}-{ds.name}-b{a.budget_gmacs:g}"
@@ -272,7 +337,7 @@ def main(argv=None):
 
     for b in budgets:
         for seed in seeds_of[b]:
-            for run in baseline_runs(b, seed, int8_seeds):
+            for run in baseline_runs(b, seed, int8_seeds, configs):
                 if wanted(run.row):
                     print(f"[baselines] {run.row}: {b} budget, seed {seed}", flush=True)
                     rows.setdefault(run.row, []).append(execute(run, ctx, target, a.budget_gmacs, folder, models))

@@ -88,6 +88,14 @@ CASES = {
         (["--budget-gmacs", "0.02", "--experiment", "a", "--experiment", "a"], "--experiment repeats a search"),
         (["--budget-gmacs", "0.02", "--k", "2", "--screen", "1"], "screen at least --k trials"),
         (["--budget-gmacs", "0.02", "--name", "../elsewhere"], "must be a plain folder name"),
+        (["--budget-gmacs", "0.02", "--config", "x={{prune_ratio: 1}}"], "the part after '=' is not JSON"),
+        (["--budget-gmacs", "0.02", "--config", '{{"prune_ratio": 0.8}}'], "must be LABEL=JSON object"),
+        (["--budget-gmacs", "0.02", "--config", 'x={{"prune_ratoi": 0.8}}'], "unknown knob(s) prune_ratoi"),
+        (["--budget-gmacs", "0.02", "--config", 'x={{"mid_keep": 2}}'], "--config x: mid_keep"),
+        (["--budget-gmacs", "0.02", "--config", 'x={{"kd_lr": 0.001}}'], "kd_lr set the KD settings every row"),
+        (["--budget-gmacs", "0.02", "--config", 'x={{}}', "--config", 'x={{"qat": true}}'], "is given twice"),
+        (["--budget-gmacs", "0.00001", "--dataset", "digits", "--config", 'x={{"prune_ratio": 0.8}}'],
+         "x (--config): cannot be brought within 1e-05 GMACs"),
     ],
     "analysis.finalize": [
         (["--experiment", "nope", "--mlflow-uri", "{store}"], "no MLflow experiment named 'nope'"),
@@ -182,6 +190,9 @@ BENCHMARKS = {
     "benchmarks/qat_convert.py": [
         (["--arch", "vgg"], "invalid choice: 'vgg'"), (["--resolution", "4"], "--resolution=4 is outside [8, 4096]"),
         (["--classes", "1"], "--classes=1 is outside"), (["--threads", "0"], "--threads=0 is outside")],
+    "benchmarks/depth_latency.py": [
+        (["--arch", "vgg"], "invalid choice: 'vgg'"), (["--budget-gmacs", "0.000001"], "below the thinnest full-depth"),
+        (["--batch-sizes", "1,x"], "--batch-sizes must be"), (["--rounds", "0"], "--rounds")],
     "benchmarks/search_overhead.py": [
         (["--dataset", "cifar10", "--n", "1", "--out-dir", "{offline}-o"], "could not be downloaded"),
         (["--n", "0"], "--n"), (["--budget-gmacs", "0.000001"], "below the smallest")],

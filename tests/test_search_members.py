@@ -123,13 +123,15 @@ def test_baselines_train_every_row_with_the_same_settings(out, tmp_path):
     """analysis/baselines.py: equal KD settings and epochs are asserted on what each row's training was
     handed (the plans it ran), not on a label; the tuned row keeps the search's own KD knobs. Latency is
     timed in the second call only (one row and the teacher: the same code for every row, and ~14 inductor
-    compiles less in CI). The M2M-DC row is left out: a compiled config like the uniform row, trained by
-    the same code (and every smoke search on the lean space trains it: its one seeded baseline)."""
+    compiles less in CI). A --config row is a user's configuration, trained like the others. The M2M-DC row
+    is left out: a compiled config like the uniform row, trained by the same code (and every smoke search on
+    the lean space trains it: its one seeded baseline)."""
     pytest.importorskip("torch_pruning")
     results = tmp_path / "results"
     r = subprocess.run([*SHRUNK, "analysis/baselines.py", "--budget-gmacs", str(BUDGET), "--dataset", "digits",
                         "--epochs", "5", "--experiment", "failing", "--k", "1", "--seeds", "0", "--budgets", "short",
-                        "--only", "uniform,global,Taylor,search", "--no-latency", "--name", "digits-table",
+                        "--only", "uniform,global,Taylor,search,shallow", "--no-latency", "--name", "digits-table",
+                        "--config", 'shallow={"prune_ratio": 0.8, "planes_keep": 1.0, "mid_keep": 1.0}',
                         "--out-dir", str(out)],
                        cwd=REPO, capture_output=True,
                        text=True, timeout=1500, env={**os.environ, "M2MDC_RESULTS_DIR": str(results)})
@@ -140,9 +142,12 @@ def test_baselines_train_every_row_with_the_same_settings(out, tmp_path):
     assert any(k.startswith("Torch-Pruning global") for k in rows) and any(k.startswith("uniform") for k in rows)
     taylor = next(rs for k, rs in rows.items() if "Taylor" in k)
     assert taylor[0]["run"]["tp_importance"] == "group_taylor" and taylor[0]["gmacs"] <= BUDGET
+    shallow = rows["shallow (--config)"][0]  # a user's configuration: the given knobs, the common settings
+    assert shallow["run"]["config"] == {"prune_ratio": 0.8, "planes_keep": 1.0, "mid_keep": 1.0}
+    assert [len(v) for v in shallow["keep_cfg"]["blocks"].values()] == [1, 1, 1, 1]  # 4 of 5 free blocks gone
     fixed = [res for label, rs in rows.items() if "own sampled KD" not in label for res in rs]
     tuned = [res for label, rs in rows.items() if "own sampled KD" in label for res in rs]
-    assert len(fixed) >= 4 and tuned
+    assert len(fixed) >= 5 and tuned
     assert all(res["kd_settings"] == fixed[0]["kd_settings"] for res in fixed)  # what training was handed
     assert fixed[0]["kd_settings"]["kl_weight"] == 1.0 and fixed[0]["kd_settings"]["steps_per_epoch"] == SHORT_STEPS
     assert {res["epochs_trained"] for res in fixed + tuned} == {8}
