@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from m2mdc import metrics  # noqa: E402
 from m2mdc.arch_latency import cpu_model  # noqa: E402
-from m2mdc.compiler import BASELINES, compile_config, dry_target  # noqa: E402
+from m2mdc.compiler import compile_config, depth_ladder, dry_target, thinnest  # noqa: E402
 from m2mdc.errors import Parser, UserError, check_range, cli  # noqa: E402
 from m2mdc.io import ensure_writable, out_root, write_json, write_text  # noqa: E402
 from m2mdc.latency import as_shipped, time_forward  # noqa: E402
@@ -36,39 +36,37 @@ from m2mdc.models import ARCHS  # noqa: E402
 
 
 def architectures(arch: str, num_classes: int, resolution: int, budget: float) -> tuple[list[dict], object]:
-    """The rows: the teacher, then k = 0.. free blocks removed (widths full, projected onto the budget),
-    then the floor. ``prune_ratio`` (k + 0.5) / |free| removes exactly k (the step floors ratio x |free|)."""
+    """The rows: the teacher, then k = 0.. free blocks removed (m2mdc.compiler.depth_ladder: widths full,
+    projected onto the budget), one row per depth reached, then the floor of the shallowest depth."""
     target = dry_target(arch, num_classes, resolution)
-    adapter, teacher = target.adapter, target.teacher
-    free = [b for b in adapter.blocks(teacher) if not adapter.is_protected(teacher, b)]
-    total = len(adapter.blocks(teacher))
-    full = compile_config({"prune_ratio": 0.0, "planes_keep": 1.0, "mid_keep": 1.0}, target)
-    rows = [{"name": "teacher (full model)", "keep_cfg": full.keep_cfg, "gmacs": full.gmacs, "width_scale": 1.0}]
+    ladder = depth_ladder(target)
+    full = compile_config(ladder[0], target)
+    rows = [{"name": "teacher (full model)", "config": ladder[0], "keep_cfg": full.keep_cfg, "gmacs": full.gmacs,
+             "width_scale": 1.0}]
+    total = sum(len(v) for v in full.keep_cfg["blocks"].values())
     seen = set()
-    for k in range(len(free) + 1):
-        ratio = min((k + 0.5) / len(free), 0.999) if k else 0.0
-        config = {**BASELINES["Torch-Pruning-like local"], "prune_ratio": ratio}
+    for k, config in enumerate(ladder):
         plan = compile_config(config, target, budget_gmacs=budget)
-        kept = sum(len(v) for v in plan.keep_cfg["blocks"].values())
         if not plan.feasible:
             if k == 0:
-                thinnest = compile_config({"prune_ratio": 0.0, "planes_keep": 1e-6, "mid_keep": 1e-6}, target).gmacs
+                thin = compile_config(thinnest(config), target).gmacs
                 raise UserError(f"--budget-gmacs {budget:g} is below the thinnest full-depth {arch} (one channel per "
-                                f"group: {thinnest:.2g} GMACs at {resolution}x{resolution}); raise it")
+                                f"group: {thin:.2g} GMACs at {resolution}x{resolution}); raise it")
             continue
+        kept = sum(len(v) for v in plan.keep_cfg["blocks"].values())
         if kept in seen:
             continue  # every stage keeps a block: past that, a larger ratio removes nothing more
         seen.add(kept)
         name = ("Torch-Pruning-like (all blocks, one width ratio)" if kept == total else
                 f"{total - kept} block{'s' * (total - kept > 1)} removed, widths onto the budget")
-        rows.append({"name": name, "keep_cfg": plan.keep_cfg, "gmacs": plan.gmacs, "width_scale": plan.width_scale,
-                     "prune_ratio": ratio})
-    floor = compile_config({"prune_ratio": rows[-1]["prune_ratio"], "planes_keep": 1e-6, "mid_keep": 1e-6}, target)
-    rows.append({"name": "floor: fewest blocks, one channel per group", "keep_cfg": floor.keep_cfg,
-                 "gmacs": floor.gmacs, "width_scale": floor.width_scale, "prune_ratio": rows[-1]["prune_ratio"]})
+        rows.append({"name": name, "config": config, "keep_cfg": plan.keep_cfg, "gmacs": plan.gmacs,
+                     "width_scale": plan.width_scale})
+    floor = compile_config(thinnest(rows[-1]["config"]), target)
+    rows.append({"name": "floor: fewest blocks, one channel per group", "config": thinnest(rows[-1]["config"]),
+                 "keep_cfg": floor.keep_cfg, "gmacs": floor.gmacs, "width_scale": floor.width_scale})
     for r in rows:
         r["blocks"] = sum(len(v) for v in r["keep_cfg"]["blocks"].values())
-    return rows, adapter
+    return rows, target.adapter
 
 
 def measure(rows: list[dict], adapter, a) -> dict:

@@ -393,8 +393,23 @@ def fastest_configs(params: dict) -> list[dict]:
         return p.high if p.low is not None else max(p.choices) if p.choices is not None else p.fixed
     qat = params["qat"]
     int8s = sorted({bool(c) for c in (qat.choices if qat.choices is not None else (qat.fixed,))})
-    return [{"prune_ratio": largest(params["prune_ratio"]), "planes_keep": 1e-6, "mid_keep": 1e-6, "qat": q}
-            for q in int8s]
+    return [thinnest({"prune_ratio": largest(params["prune_ratio"]), "qat": q}) for q in int8s]
+
+
+def depth_ladder(target: Target) -> list[dict]:
+    """Fractions configurations removing k = 0, 1, ... free blocks (up to all of them; the block-prune step
+    stops where a stage would empty), at full width with the Torch-Pruning-like ranking and schedule, so a
+    budget's projection gives each depth its widest widths. The step removes floor(ratio x |free|) blocks,
+    so the ratio (k + 0.5) / |free| removes exactly k."""
+    adapter, teacher = target.adapter, target.teacher
+    free = [b for b in adapter.blocks(teacher) if not adapter.is_protected(teacher, b)]
+    return [{**BASELINES["Torch-Pruning-like local"], "prune_ratio": min((k + 0.5) / len(free), 0.999) if k else 0.0}
+            for k in range(len(free) + 1)]
+
+
+def thinnest(config: dict) -> dict:
+    """``config`` with every width at one channel per group: the floor of its depth."""
+    return {**config, "planes_keep": 1e-6, "mid_keep": 1e-6}
 
 
 def channel_signals(recipe: str, values: dict[str, tuple]) -> set[str]:
