@@ -26,7 +26,9 @@ SOURCES = {
     "frontier-mobilenet_v2": ("review/frontier-mobilenet_v2-cifar100-b0.0186/pareto.md", ["frontier.png"]),
     "baselines-resnet18": ("baselines/resnet18-cifar100-b0.02/baselines.md", ["baselines.png", "baselines-latency.png",
                                                                         "baselines-throughput.png"]),
-    "baselines-resnet18-teacher30": ("baselines/resnet18-cifar100-b0.02-teacher30/baselines.md", ["baselines.png"]),
+    "baselines-resnet18-teacher30": ("baselines/resnet18-cifar100-b0.02-teacher30/baselines.md",
+                                     ["baselines.png", "baselines-latency.png"]),
+    "baselines-resnet18-shallow": ("baselines/resnet18-cifar100-b0.02-shallow/baselines.md", []),
     "samplers-resnet18": ("review/samplers-resnet18-cifar100-tpe-vs-samplers-resnet18-cifar100-nsga2-vs-"
                           "samplers-resnet18-cifar100-random/pareto.md", ["hypervolume.png", "compare.png"]),
     "finalize-samplers-tpe": ("finalize/samplers-resnet18-cifar100-tpe/finalize.md", []),
