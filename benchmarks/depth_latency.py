@@ -29,10 +29,14 @@ import torch  # noqa: E402
 from m2mdc import metrics  # noqa: E402
 from m2mdc.arch_latency import cpu_model  # noqa: E402
 from m2mdc.compiler import compile_config, depth_ladder, dry_target, thinnest  # noqa: E402
-from m2mdc.errors import Parser, UserError, check_range, cli  # noqa: E402
+from m2mdc.errors import Parser, UserError, check_range, cli, positive_ints  # noqa: E402
 from m2mdc.io import ensure_writable, out_root, write_json, write_text  # noqa: E402
 from m2mdc.latency import as_shipped, time_forward  # noqa: E402
 from m2mdc.models import ARCHS  # noqa: E402
+
+
+def blocks_kept(keep_cfg: dict) -> int:
+    return sum(len(v) for v in keep_cfg["blocks"].values())
 
 
 def architectures(arch: str, num_classes: int, resolution: int, budget: float) -> tuple[list[dict], object]:
@@ -41,9 +45,9 @@ def architectures(arch: str, num_classes: int, resolution: int, budget: float) -
     target = dry_target(arch, num_classes, resolution)
     ladder = depth_ladder(target)
     full = compile_config(ladder[0], target)
+    total = blocks_kept(full.keep_cfg)
     rows = [{"name": "teacher (full model)", "config": ladder[0], "keep_cfg": full.keep_cfg, "gmacs": full.gmacs,
-             "width_scale": 1.0}]
-    total = sum(len(v) for v in full.keep_cfg["blocks"].values())
+             "width_scale": 1.0, "blocks": total}]
     seen = set()
     for k, config in enumerate(ladder):
         plan = compile_config(config, target, budget_gmacs=budget)
@@ -53,19 +57,18 @@ def architectures(arch: str, num_classes: int, resolution: int, budget: float) -
                 raise UserError(f"--budget-gmacs {budget:g} is below the thinnest full-depth {arch} (one channel per "
                                 f"group: {thin:.2g} GMACs at {resolution}x{resolution}); raise it")
             continue
-        kept = sum(len(v) for v in plan.keep_cfg["blocks"].values())
+        kept = blocks_kept(plan.keep_cfg)
         if kept in seen:
             continue  # every stage keeps a block: past that, a larger ratio removes nothing more
         seen.add(kept)
         name = ("Torch-Pruning-like (all blocks, one width ratio)" if kept == total else
                 f"{total - kept} block{'s' * (total - kept > 1)} removed, widths onto the budget")
         rows.append({"name": name, "config": config, "keep_cfg": plan.keep_cfg, "gmacs": plan.gmacs,
-                     "width_scale": plan.width_scale})
-    floor = compile_config(thinnest(rows[-1]["config"]), target)
-    rows.append({"name": "floor: fewest blocks, one channel per group", "config": thinnest(rows[-1]["config"]),
-                 "keep_cfg": floor.keep_cfg, "gmacs": floor.gmacs, "width_scale": floor.width_scale})
-    for r in rows:
-        r["blocks"] = sum(len(v) for v in r["keep_cfg"]["blocks"].values())
+                     "width_scale": plan.width_scale, "blocks": kept})
+    config = thinnest(rows[-1]["config"])
+    floor = compile_config(config, target)
+    rows.append({"name": "floor: fewest blocks, one channel per group", "config": config, "keep_cfg": floor.keep_cfg,
+                 "gmacs": floor.gmacs, "width_scale": floor.width_scale, "blocks": rows[-1]["blocks"]})
     return rows, target.adapter
 
 
@@ -131,12 +134,7 @@ def main(argv=None):
     p.add_argument("--out-dir", default=None, help="output root (default ./outputs)")
     a = p.parse_args(argv)
     check_range("--budget-gmacs", a.budget_gmacs, 0, float("inf"), lo_open=True)
-    try:
-        a.batch_sizes = [int(v) for v in a.batch_sizes.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"--batch-sizes must be comma-separated integers (got {a.batch_sizes!r})") from None
-    if not a.batch_sizes or min(a.batch_sizes) < 1:
-        raise UserError(f"--batch-sizes must list integers >= 1 (got {a.batch_sizes})")
+    a.batch_sizes = positive_ints(a.batch_sizes, "--batch-sizes")
     if min(a.threads, a.rounds, a.repeats, a.warmup + 1, a.resolution) < 1 or a.num_classes < 2:
         raise UserError("--threads, --rounds, --repeats, --resolution must be >= 1, --warmup >= 0, --num-classes >= 2")
     out = ensure_writable(out_root(a.out_dir) / "benchmarks" / "depth_latency")

@@ -25,21 +25,11 @@ from m2mdc import metrics, quant  # noqa: E402
 from m2mdc.arch_latency import cpu_model  # noqa: E402
 from m2mdc.latency import compile_for_cpu, time_forward  # noqa: E402
 from m2mdc.data import Batch  # noqa: E402
-from m2mdc.errors import Parser, UserError, cli  # noqa: E402
+from m2mdc.errors import Parser, UserError, cli, positive_ints  # noqa: E402
 from m2mdc.io import load_state_dict  # noqa: E402
 from m2mdc.models import ARCHS, get_adapter  # noqa: E402
 
 INT8_FLOWS = ("ptq", "qat")
-
-
-def _int_list(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{what} must be comma-separated integers (got {text!r})") from None
-    if not values or min(values) < 1:
-        raise UserError(f"{what} must list integers >= 1 (got {text!r})")
-    return values
 
 
 def _names(text: str, valid: tuple[str, ...], what: str) -> list[str]:
@@ -162,7 +152,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     archs = _names(a.archs, ARCHS, "--archs")
     flows = _names(a.int8, INT8_FLOWS, "--int8")
-    a.batch_sizes = _int_list(a.batch_sizes, "--batch-sizes")
+    a.batch_sizes = positive_ints(a.batch_sizes, "--batch-sizes")
     if a.checkpoint and len(archs) != 1:
         raise UserError(f"--checkpoint fits one architecture; pass exactly one --archs (got {', '.join(archs)})")
     if min(a.threads, a.rounds, a.repeats, a.calib_batches, a.warmup + 1) < 1 or a.num_classes < 2:

@@ -59,3 +59,14 @@ def check_range(name: str, value: float, lo: float, hi: float, lo_open=False, hi
     if not (ok_lo and ok_hi):
         interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
         raise UserError(f"{name}={value} is outside {interval}{'; ' + hint if hint else ''}")
+
+
+def positive_ints(text: str, what: str) -> list[int]:
+    """A comma-separated list of integers >= 1 (batch sizes, counts), or a UserError naming ``what``."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integers (got {text!r})") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{what} must list integers >= 1 (got {text!r})")
+    return values
