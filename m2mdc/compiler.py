@@ -384,16 +384,33 @@ BASELINES = {
 LATENCY_BASELINES = {"Torch-Pruning-like local + INT8 QAT": {**BASELINES["Torch-Pruning-like local"], "qat": True}}
 
 
+def _largest(p):
+    """The largest value a space's knob (spaces.Param: fixed value, range or choices) can take."""
+    return p.high if p.low is not None else max(p.choices) if p.choices is not None else p.fixed
+
+
+# Not a baseline (no one-shot pruning library removes blocks): the search's own prior, seeded beside the
+# baselines. At 32x32 the budget spent on fewer blocks at full width beat every width-pruned ResNet-18 in
+# accuracy and batch-1 time (README: "one block per stage", benchmarks/depth_latency.py), and every
+# kept weight is the teacher's own, unsliced.
+SHALLOWEST = "fewest blocks at full width"
+
+
+def shallowest_config(params: dict) -> dict:
+    """The space's deepest block cut (its largest block-prune ratio) at full width, ranked and repaired as
+    the Torch-Pruning-like baseline (widths over a budget are projected onto it like any configuration's).
+    ``params``: knob name -> spaces.Param."""
+    return {**BASELINES["Torch-Pruning-like local"], "prune_ratio": _largest(params["prune_ratio"])}
+
+
 def fastest_configs(params: dict) -> list[dict]:
     """The fractions configurations with the fewest blocks and narrowest widths a space can build: its
     largest block-prune ratio, every width at one channel per group, one per INT8 choice (a space that
     samples QAT may ship either format, and at tiny widths INT8's quantise/dequantise overhead can make
     it the slower one). ``params``: knob name -> spaces.Param (fixed value, range or choices)."""
-    def largest(p):
-        return p.high if p.low is not None else max(p.choices) if p.choices is not None else p.fixed
     qat = params["qat"]
     int8s = sorted({bool(c) for c in (qat.choices if qat.choices is not None else (qat.fixed,))})
-    return [thinnest({"prune_ratio": largest(params["prune_ratio"]), "qat": q}) for q in int8s]
+    return [thinnest({"prune_ratio": _largest(params["prune_ratio"]), "qat": q}) for q in int8s]
 
 
 def depth_ladder(target: Target) -> list[dict]:

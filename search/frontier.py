@@ -68,7 +68,8 @@ def build_parser() -> Parser:
                    "the seeded baselines)")
     g.add_argument("--seed-baselines", action=argparse.BooleanOptionalAction, default=True,
                    help="start with the baselines a user would otherwise run (uniform width, Torch-Pruning-like local "
-                   "and global, M2M-DC at the budget); they are never stopped early (default on)")
+                   "and global, M2M-DC at the budget) and the space's deepest block cut at full width; they are never "
+                   "stopped early (default on)")
     g.add_argument("--search-seed", type=int, default=0, help="seed of the sampler")
     o = p.add_argument_group("operations")
     o.add_argument("--name", default=None, help="search name (default frontier-ARCH-DATASET-bBUDGET)")
@@ -127,16 +128,24 @@ def project_point(point: dict, space, where: str) -> dict:
 
 def seeded_points(space, latency: bool = False) -> tuple[dict[str, dict], list[str]]:
     """The baselines a user would otherwise run (m2mdc.compiler.BASELINES, and with a latency budget
-    LATENCY_BASELINES: the same pruning shipped as INT8), as the search's first trials: at an equal trial budget the front can then never be worse than them on val. A baseline
-    the space cannot express (a value outside a knob's range or choices, or a knob the space fixes at
-    another value) is not bent into a different configuration: it is skipped, and the reason returned."""
-    from m2mdc.compiler import BASELINES, LATENCY_BASELINES
+    LATENCY_BASELINES: the same pruning shipped as INT8), then the space's deepest block cut at full
+    width (m2mdc.compiler.SHALLOWEST, the search's own prior), as the search's first trials: at an equal
+    trial budget the front can then never be worse than them on val. A point the space cannot express
+    (a value outside a knob's range or choices, or a knob the space fixes at another value) is not bent
+    into a different configuration: it is skipped, and the reason returned."""
+    from m2mdc.compiler import BASELINES, LATENCY_BASELINES, SHALLOWEST, shallowest_config
     from search.tracking import flat_config
 
     if space.mode != "fractions":
         return {}, [f"seeded baselines: none in a {space.mode!r} space (they are fractions configurations)"]
     points, skipped = {}, []
-    for name, cfg in {**BASELINES, **(LATENCY_BASELINES if latency else {})}.items():
+    seeds = {**BASELINES, **(LATENCY_BASELINES if latency else {})}
+    shallowest = shallowest_config(space.params)
+    if shallowest["prune_ratio"] > 0:
+        seeds[SHALLOWEST] = shallowest
+    else:
+        skipped.append(f"seeded point {SHALLOWEST!r} skipped: the space removes no blocks (prune_ratio 0)")
+    for name, cfg in seeds.items():
         flat = flat_config(cfg)
         for knob, value in list(flat.items()):  # one value for a knob the space holds per stage
             if knob not in space.params and any(p.startswith(knob + "/") for p in space.params):
@@ -144,9 +153,9 @@ def seeded_points(space, latency: bool = False) -> tuple[dict[str, dict], list[s
                 flat.update({p: value for p in space.params if p.startswith(knob + "/")})
         outside = [f"{k}={v!r}" for k, v in flat.items() if k in space.params and not space.params[k].admits(v)]
         if outside:
-            skipped.append(f"seeded baseline {name!r} skipped: the space cannot take {', '.join(outside)}")
+            skipped.append(f"seeded point {name!r} skipped: the space cannot take {', '.join(outside)}")
             continue
-        points[name] = project_point(cfg, space, f"seeded baseline {name!r}")
+        points[name] = project_point(cfg, space, f"seeded point {name!r}")
     return points, skipped
 
 
@@ -247,7 +256,7 @@ def main(argv=None):
         raise UserError(f"--points holds {len(given)} configurations but --num-samples is {num_samples}; raise "
                         f"--num-samples to at least {len(given)}")
     fit = num_samples - len(given)  # a point the trial budget cannot run would wait in the study forever
-    skipped += [f"seeded baseline {n!r} skipped: --num-samples {num_samples} leaves no trial for it"
+    skipped += [f"seeded point {n!r} skipped: --num-samples {num_samples} leaves no trial for it"
                 for n in list(seeded)[fit:]]
     seeded = list(seeded.values())[:fit]
     for line in skipped:
@@ -304,10 +313,11 @@ def main(argv=None):
         raise UserError(f"a search named {name} already exists in {exp_dir}; pass --resume to continue it or "
                         f"--name for a new one")
     latency_check = check_latency_budget(a, space, cost, root / "latency") if a.budget_ms is not None else None
-    from search.tracking import check_reachable, default_uri
+    from search.tracking import check_experiment, check_reachable, default_uri
 
     mlflow_uri = a.mlflow_uri or default_uri(root)
     check_reachable(mlflow_uri)
+    check_experiment(mlflow_uri, name)
     from search.ray_cluster import check_reachable as check_ray, requested_address
 
     a.address = requested_address(a.address)

@@ -58,6 +58,28 @@ def check_reachable(uri: str) -> None:
         raise UserError(f"--mlflow-uri {uri!r}: use sqlite:///PATH, http(s)://HOST:PORT or a folder")
 
 
+def deleted_experiment(client, name: str) -> str | None:
+    """The one-line refusal for a search name whose MLflow experiment was deleted (MLflow keeps a deleted
+    experiment's name until it is purged, and refuses new runs in it), else None."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None or exp.lifecycle_stage != "deleted":
+        return None
+    return (f"the MLflow experiment {name!r} (id {exp.experiment_id}) was deleted; restore it (mlflow experiments "
+            f"restore --experiment-id {exp.experiment_id}), purge it (mlflow gc --experiment-ids "
+            f"{exp.experiment_id}), or pass another --name")
+
+
+def check_experiment(uri: str, name: str) -> None:
+    """UserError (one line) if the search's experiment cannot take runs; reads an existing store only."""
+    from mlflow.tracking import MlflowClient
+
+    if urlparse(uri).scheme == "sqlite" and not Path(uri[len("sqlite:///"):]).exists():
+        return  # a new store holds no experiment (and opening it would create it)
+    message = deleted_experiment(MlflowClient(tracking_uri=uri), name)
+    if message:
+        raise UserError(message)
+
+
 def flat_config(config: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in config.items():
@@ -74,6 +96,9 @@ class SearchTracker:
 
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
+        message = deleted_experiment(self.client, experiment)
+        if message:
+            raise UserError(message)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             location = None

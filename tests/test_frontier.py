@@ -143,6 +143,26 @@ def test_resume_of_a_latency_search_on_another_cpu_refuses(tmp_path, capfd):
     assert "with different settings" in err and "latency_cpu" not in err, err
 
 
+def test_a_name_whose_mlflow_experiment_was_deleted_refuses(tmp_path, capfd):
+    """MLflow keeps a deleted experiment's name and refuses runs in it: a search of that name says how to
+    restore or purge it, in one line, before Ray or the teacher start, and the store gains no run."""
+    from mlflow.tracking import MlflowClient
+
+    from search.frontier import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    client.delete_experiment(client.create_experiment("gone"))
+    capfd.readouterr()  # MLflow's own lines as it created the store
+    err = refused(main, ["--budget-gmacs", str(BUDGET), "--profile", "smoke", "--dataset", "digits", "--out-dir",
+                         str(out), "--space", str(LEAN), "--name", "gone"], capfd)
+    assert len(err.strip().splitlines()) == 1 and "'gone'" in err and "was deleted" in err, err[-2000:]
+    assert "mlflow gc --experiment-ids" in err and "--name" in err
+    assert not (out / "search").exists() and not (out / "teachers").exists()
+    assert client.search_runs([client.get_experiment_by_name("gone").experiment_id], run_view_type=3) == []
+
+
 def test_resume_of_a_search_that_died_as_it_started_refuses(tmp_path, capfd):
     """A search that died while Ray Tune wrote its state (an NSGA-II sampler Ray could not pickle did
     that) leaves an empty tuner.pkl: --resume says so in one line instead of Ray's EOFError."""
@@ -223,20 +243,27 @@ def test_latency_budget_search_is_not_retrained_as_a_gmacs_one(out, capfd):
 def test_seeded_baselines_are_the_baselines_or_skipped_with_the_reason():
     """A seeded baseline is trained as itself or not at all: a space that cannot express it (a knob
     outside its choices, a fixed schedule) skips it with a line naming the value."""
-    from m2mdc.compiler import BASELINES
+    from m2mdc.compiler import BASELINES, SHALLOWEST
     from search.frontier import seeded_points
     from spaces import load_space
 
     full, skipped = seeded_points(load_space("resnet18", arch="resnet18"))
-    assert list(full) == list(BASELINES) and skipped == []
+    assert list(full) == [*BASELINES, SHALLOWEST] and skipped == []
     assert full["Torch-Pruning-like global"]["ranking"] == "global"
     assert full["Torch-Pruning-like global"]["signal"] == "group_l1"
+    # the space's deepest block cut at full width: its largest prune ratio, ResNet-18's one block per stage
+    shallow = full[SHALLOWEST]
+    assert shallow["prune_ratio"] == 0.95 and shallow["mid_keep"] == 1.0
+    assert all(shallow[f"planes_keep/{s}"] == 1.0 for s in ("layer1", "layer2", "layer3", "layer4"))
+    assert {k: v for k, v in shallow.items() if k != "prune_ratio"} == \
+        {k: v for k, v in full["Torch-Pruning-like local"].items() if k != "prune_ratio"}
     lean, skipped = seeded_points(load_space(str(LEAN), arch="resnet18"))
-    assert list(lean) == ["M2M-DC at the budget"] and len(skipped) == 3
+    assert list(lean) == ["M2M-DC at the budget"] and len(skipped) == 4
     assert any("signal='group_l1'" in s and "Torch-Pruning-like local" in s for s in skipped)
+    assert any("signal='group_l1'" in s and SHALLOWEST in s for s in skipped)
     # under a latency budget the same pruning shipped as INT8 is a baseline too, where the space has QAT
     timed, _ = seeded_points(load_space("resnet18", arch="resnet18"), latency=True)
-    assert list(timed) == [*BASELINES, "Torch-Pruning-like local + INT8 QAT"]
+    assert list(timed) == [*BASELINES, "Torch-Pruning-like local + INT8 QAT", SHALLOWEST]
     assert timed["Torch-Pruning-like local + INT8 QAT"]["qat"] is True
     lean, skipped = seeded_points(load_space(str(LEAN), arch="resnet18"), latency=True)
     assert any("INT8 QAT" in s and "qat=True" in s for s in skipped)

@@ -143,7 +143,8 @@ def test_width_local_space_trains_full_depth_one_shot_group_l1_plans(data, budge
     space = load_space("width-local", arch="resnet18")
     points, skipped = seeded_points(space)
     assert set(points) == {"Torch-Pruning-like local", "Torch-Pruning-like global"}
-    assert len(skipped) == 2 and all("skipped" in s for s in skipped)
+    assert len(skipped) == 3 and all("skipped" in s for s in skipped)
+    assert any("removes no blocks" in s for s in skipped)  # prune_ratio fixed at 0: no shallowest point
     flat = {name: p.fixed if not p.sampled else data.draw(
         st.sampled_from(p.choices) if p.choices is not None else st.floats(p.low, p.high), label=name)
         for name, p in space.params.items()}
