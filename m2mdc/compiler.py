@@ -396,11 +396,12 @@ def _largest(p):
 SHALLOWEST = "fewest blocks at full width"
 
 
-def shallowest_config(params: dict) -> dict:
+def shallowest_config(params: dict) -> dict | None:
     """The space's deepest block cut (its largest block-prune ratio) at full width, ranked and repaired as
-    the Torch-Pruning-like baseline (widths over a budget are projected onto it like any configuration's).
-    ``params``: knob name -> spaces.Param."""
-    return {**BASELINES["Torch-Pruning-like local"], "prune_ratio": _largest(params["prune_ratio"])}
+    the Torch-Pruning-like baseline (widths over a budget are projected onto it like any configuration's);
+    None when the space removes no blocks. ``params``: knob name -> spaces.Param."""
+    ratio = _largest(params["prune_ratio"])
+    return {**BASELINES["Torch-Pruning-like local"], "prune_ratio": ratio} if ratio > 0 else None
 
 
 def fastest_configs(params: dict) -> list[dict]:

@@ -141,7 +141,7 @@ def seeded_points(space, latency: bool = False) -> tuple[dict[str, dict], list[s
     points, skipped = {}, []
     seeds = {**BASELINES, **(LATENCY_BASELINES if latency else {})}
     shallowest = shallowest_config(space.params)
-    if shallowest["prune_ratio"] > 0:
+    if shallowest is not None:
         seeds[SHALLOWEST] = shallowest
     else:
         skipped.append(f"seeded point {SHALLOWEST!r} skipped: the space removes no blocks (prune_ratio 0)")
