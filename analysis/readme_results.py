@@ -22,12 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 # marker name -> (markdown file under the output root, plots beside it to show)
 SOURCES = {
     "frontier-resnet18": ("review/frontier-resnet18-cifar100-b0.02-v3/pareto.md", ["frontier.png"]),
+    "frontier-resnet18-v4": ("review/frontier-resnet18-cifar100-b0.02-v4/pareto.md", ["frontier.png"]),
     "frontier-resnet18-width": ("review/frontier-resnet18-cifar100-b0.02-width/pareto.md", ["frontier.png"]),
     "frontier-mobilenet_v2": ("review/frontier-mobilenet_v2-cifar100-b0.0186/pareto.md", ["frontier.png"]),
     "baselines-resnet18": ("baselines/resnet18-cifar100-b0.02/baselines.md", ["baselines.png", "baselines-latency.png",
                                                                         "baselines-throughput.png"]),
     "baselines-resnet18-teacher30": ("baselines/resnet18-cifar100-b0.02-teacher30/baselines.md",
                                      ["baselines.png", "baselines-latency.png"]),
+    "baselines-resnet18-v4": ("baselines/resnet18-cifar100-b0.02-v4/baselines.md", []),
     "baselines-resnet18-shallow": ("baselines/resnet18-cifar100-b0.02-shallow/baselines.md", []),
     "samplers-resnet18": ("review/samplers-resnet18-cifar100-tpe-vs-samplers-resnet18-cifar100-nsga2-vs-"
                           "samplers-resnet18-cifar100-random/pareto.md", ["hypervolume.png", "compare.png"]),
