@@ -105,38 +105,16 @@ CONFIG_ROW = "{} (--config)"  # the row label of a --config configuration
 
 
 def parse_configs(texts: list[str]) -> dict[str, dict]:
-    """--config LABEL=JSON, each a row label -> structural knob values; names and values checked against
-    the knob table (m2mdc.knobs), so a typo is one line before anything trains. KD knobs are refused:
+    """--config LABEL=JSON (m2mdc.knobs.parse_labelled_configs), keyed by row label. KD knobs are refused:
     every row trains with the same FIXED_KD settings, which would silently override them."""
-    import json
-
-    from m2mdc.knobs import KNOBS, knob_for
+    from m2mdc.knobs import knob_for, parse_labelled_configs
 
     configs: dict[str, dict] = {}
-    for text in texts:
-        label, sep, body = text.partition("=")
-        label = label.strip()
-        try:
-            config = json.loads(body) if sep and label else None
-        except ValueError as e:
-            raise UserError(f"--config {text!r}: the part after '=' is not JSON ({e.msg}); e.g. --config "
-                            f"'shallow={{\"prune_ratio\": 0.8, \"planes_keep\": 1.0, \"mid_keep\": 1.0}}'") from None
-        if not isinstance(config, dict):
-            raise UserError(f"--config {text!r} must be LABEL=JSON object of knob values, e.g. "
-                            f"'shallow={{\"prune_ratio\": 0.8}}'")
-        if CONFIG_ROW.format(label) in configs:
-            raise UserError(f"--config label {label!r} is given twice; name each configuration once")
-        unknown = sorted(set(config) - set(KNOBS))
-        if unknown:
-            raise UserError(f"--config {label}: unknown knob(s) {', '.join(unknown)}; knobs: {', '.join(KNOBS)}")
+    for label, config in parse_labelled_configs(texts).items():
         shared = sorted(set(config) & {knob_for(setting) for setting in FIXED_KD})
         if shared:
             raise UserError(f"--config {label}: {', '.join(shared)} set the KD settings every row of the table shares "
                             f"({', '.join(f'{knob_for(k)} {v:g}' for k, v in FIXED_KD.items())}); drop them")
-        for name, value in config.items():
-            msg = KNOBS[name].rule.message(f"--config {label}: {name}", value)
-            if msg is not None:
-                raise UserError(msg)
         configs[CONFIG_ROW.format(label)] = config
     return configs
 

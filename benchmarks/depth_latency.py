@@ -13,7 +13,9 @@ block scores tie, so the earliest free block of a stage goes first (blocks of a 
 Compiled with inductor as shipped, at the timed thread count; each row timed in rounds (median of the
 rounds' medians), the reference again at the end to show the run's drift. The ratio
 column is the Torch-Pruning-like point's time over the row's: what the issue's "1.5x faster at equal
-accuracy" asks of the search at this budget. Writes OUT/benchmarks/depth_latency/ARCH-bBUDGET.{json,md}.
+accuracy" asks of the search at this budget. ``--config LABEL=JSON`` adds an architecture of your own
+(a front member's knob values), built as a trial builds it. Writes
+OUT/benchmarks/depth_latency/ARCH-bBUDGET.{json,md} (``--name`` another stem).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from m2mdc.arch_latency import cpu_model  # noqa: E402
 from m2mdc.compiler import compile_config, depth_ladder, dry_target, thinnest  # noqa: E402
 from m2mdc.errors import Parser, UserError, check_range, cli, positive_ints  # noqa: E402
 from m2mdc.io import ensure_writable, out_root, write_json, write_text  # noqa: E402
+from m2mdc.knobs import parse_labelled_configs  # noqa: E402
 from m2mdc.latency import as_shipped, time_forward  # noqa: E402
 from m2mdc.models import ARCHS  # noqa: E402
 
@@ -39,9 +42,11 @@ def blocks_kept(keep_cfg: dict) -> int:
     return sum(len(v) for v in keep_cfg["blocks"].values())
 
 
-def architectures(arch: str, num_classes: int, resolution: int, budget: float) -> tuple[list[dict], object]:
+def architectures(arch: str, num_classes: int, resolution: int, budget: float,
+                  configs: dict[str, dict] | None = None) -> tuple[list[dict], object]:
     """The rows: the teacher, then k = 0.. free blocks removed (m2mdc.compiler.depth_ladder: widths full,
-    projected onto the budget), one row per depth reached, then the floor of the shallowest depth."""
+    projected onto the budget), one row per depth reached, then the floor of the shallowest depth, then
+    each of ``configs`` (label -> knob values, e.g. a search trial's) as a trial builds it at the budget."""
     target = dry_target(arch, num_classes, resolution)
     ladder = depth_ladder(target)
     full = compile_config(ladder[0], target)
@@ -69,6 +74,16 @@ def architectures(arch: str, num_classes: int, resolution: int, budget: float) -
     floor = compile_config(config, target)
     rows.append({"name": "floor: fewest blocks, one channel per group", "config": config, "keep_cfg": floor.keep_cfg,
                  "gmacs": floor.gmacs, "width_scale": floor.width_scale, "blocks": rows[-1]["blocks"]})
+    for label, config in (configs or {}).items():
+        plan = compile_config(config, target, budget_gmacs=budget)
+        if not plan.feasible:
+            raise UserError(f"--config {label}: cannot be brought within {budget:g} GMACs "
+                            f"({'; '.join(plan.notes) or 'infeasible'})")
+        if any(step["step"] == "qat" for step in plan.plan):
+            raise UserError(f"--config {label}: its plan ships INT8 (QAT) and this benchmark times FP32; drop qat "
+                            f"(benchmarks/latency.py times INT8)")
+        rows.append({"name": f"{label} (--config)", "config": config, "keep_cfg": plan.keep_cfg, "gmacs": plan.gmacs,
+                     "width_scale": plan.width_scale, "blocks": blocks_kept(plan.keep_cfg)})
     return rows, target.adapter
 
 
@@ -131,14 +146,22 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=7, help="measurement rounds per row and batch size (default 7)")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls in the first round (default 10; 2 later)")
     p.add_argument("--repeats", type=int, default=30, help="timed calls per variant and round (default 30)")
+    p.add_argument("--config", action="append", default=[], metavar="LABEL=JSON",
+                   help="an architecture of your own as a row: knob values as a search trial takes them (e.g. a "
+                   "front member's), built as a trial builds it at the budget (widths projected onto it); repeatable")
+    p.add_argument("--name", default=None, help="output file stem (default ARCH-bBUDGET)")
     p.add_argument("--out-dir", default=None, help="output root (default ./outputs)")
     a = p.parse_args(argv)
+    configs = parse_labelled_configs(a.config)
+    stem = a.name or f"{a.arch}-b{a.budget_gmacs:g}"
+    if not stem or "/" in stem or stem.startswith("."):
+        raise UserError(f"--name {a.name!r}: give a plain file stem (no '/', not starting with '.')")
     check_range("--budget-gmacs", a.budget_gmacs, 0, float("inf"), lo_open=True)
     a.batch_sizes = positive_ints(a.batch_sizes, "--batch-sizes")
     if min(a.threads, a.rounds, a.repeats, a.warmup + 1, a.resolution) < 1 or a.num_classes < 2:
         raise UserError("--threads, --rounds, --repeats, --resolution must be >= 1, --warmup >= 0, --num-classes >= 2")
     out = ensure_writable(out_root(a.out_dir) / "benchmarks" / "depth_latency")
-    rows, adapter = architectures(a.arch, a.num_classes, a.resolution, a.budget_gmacs)
+    rows, adapter = architectures(a.arch, a.num_classes, a.resolution, a.budget_gmacs, configs)
     header = (f"torch {torch.__version__}, {cpu_model()}, {os.cpu_count()} CPUs visible, {a.threads} threads, "
               f"{a.arch} at {a.resolution}x{a.resolution}, budget {a.budget_gmacs:g} GMACs, compiled FP32 (inductor), "
               f"median of {a.rounds} rounds of {a.repeats} calls, OMP_WAIT_POLICY "
@@ -152,7 +175,6 @@ def main(argv=None):
           "reference first and again last, which moved it by " +
           ", ".join(f"{d:+.1f} % at batch {b}" for b, d in drift.items()) + ".\n")
     print(md)
-    stem = f"{a.arch}-b{a.budget_gmacs:g}"
     write_json(out / f"{stem}.json", {"settings": vars(a), "rows": rows, "reference_drift_pct": drift})
     write_text(out / f"{stem}.md", md)
     print(f"wrote {out / stem}.json and .md")

@@ -211,6 +211,9 @@ def fraction_widths(cost: CostModel, planes: dict[str, float], mid: float, scale
 
 def _planes_fractions(v: dict, cost: CostModel) -> dict[str, float]:
     p = v["planes_keep"]
+    if isinstance(p, dict) and set(p) != set(cost.stage_blocks):
+        raise UserError(f"planes_keep per stage must name every stage of this model, {', '.join(cost.stage_blocks)}; "
+                        f"got {', '.join(map(str, p)) or 'none'} (or give one fraction for all)")
     return {s: float(p[s]) if isinstance(p, dict) else float(p) for s in cost.stage_blocks}
 
 

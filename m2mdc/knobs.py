@@ -152,3 +152,39 @@ def _short(v) -> str:
     if isinstance(v, bool) or isinstance(v, str):
         return str(v)
     return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def parse_labelled_configs(texts: list[str], flag: str = "--config") -> dict[str, dict]:
+    """``LABEL=JSON`` arguments (a configuration of your own, as a search trial takes it), each a label ->
+    knob values; names and values checked against the knob table, so a typo is one line before anything
+    is built. Labels are unique."""
+    import json
+
+    from .errors import UserError
+
+    configs: dict[str, dict] = {}
+    for text in texts:
+        label, sep, body = text.partition("=")
+        label = label.strip()
+        try:
+            config = json.loads(body) if sep and label else None
+        except ValueError as e:
+            raise UserError(f"{flag} {text!r}: the part after '=' is not JSON ({e.msg}); e.g. {flag} "
+                            f"'shallow={{\"prune_ratio\": 0.8, \"planes_keep\": 1.0, \"mid_keep\": 1.0}}'") from None
+        if not isinstance(config, dict):
+            raise UserError(f"{flag} {text!r} must be LABEL=JSON object of knob values, e.g. "
+                            f"'shallow={{\"prune_ratio\": 0.8}}'")
+        if label in configs:
+            raise UserError(f"{flag} label {label!r} is given twice; name each configuration once")
+        unknown = sorted(set(config) - set(KNOBS))
+        if unknown:
+            raise UserError(f"{flag} {label}: unknown knob(s) {', '.join(unknown)}; knobs: {', '.join(KNOBS)}")
+        for name, value in config.items():
+            # a per-stage knob takes one value, or a {stage: value} object (as a trial's config holds it)
+            each = value.items() if KNOBS[name].per_stage and isinstance(value, dict) else [(None, value)]
+            for stage, v in each:
+                msg = KNOBS[name].rule.message(f"{flag} {label}: {name}" + (f"/{stage}" if stage else ""), v)
+                if msg is not None:
+                    raise UserError(msg)
+        configs[label] = config
+    return configs

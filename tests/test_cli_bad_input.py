@@ -94,6 +94,7 @@ CASES = {
         (["--budget-gmacs", "0.02", "--config", 'x={{"mid_keep": 2}}'], "--config x: mid_keep"),
         (["--budget-gmacs", "0.02", "--config", 'x={{"kd_lr": 0.001}}'], "kd_lr set the KD settings every row"),
         (["--budget-gmacs", "0.02", "--config", 'x={{}}', "--config", 'x={{"qat": true}}'], "is given twice"),
+        (["--budget-gmacs", "0.02", "--config", 'x={{"planes_keep": {{"layer9": 0.5}}}}'], "must name every stage"),
         (["--budget-gmacs", "0.00001", "--dataset", "digits", "--config", 'x={{"prune_ratio": 0.8}}'],
          "x (--config): cannot be brought within 1e-05 GMACs"),
     ],
@@ -192,7 +193,11 @@ BENCHMARKS = {
         (["--classes", "1"], "--classes=1 is outside"), (["--threads", "0"], "--threads=0 is outside")],
     "benchmarks/depth_latency.py": [
         (["--arch", "vgg"], "invalid choice: 'vgg'"), (["--budget-gmacs", "0.000001"], "below the thinnest full-depth"),
-        (["--batch-sizes", "1,x"], "--batch-sizes must be"), (["--rounds", "0"], "--rounds")],
+        (["--batch-sizes", "1,x"], "--batch-sizes must be"), (["--rounds", "0"], "--rounds"),
+        (["--config", 'x={{"qat": true}}'], "ships INT8 (QAT) and this benchmark times FP32"),
+        (["--config", 'x={{"planes_keep": {{"layer9": 0.5}}}}'], "must name every stage of this model"),
+        (["--config", 'x={{"planes_keep": {{"layer1": 2}}}}'], "--config x: planes_keep/layer1: 2 is outside"),
+        (["--config", 'x={{"prune_ratoi": 0.8}}'], "unknown knob(s) prune_ratoi"), (["--name", "a/b"], "--name")],
     "benchmarks/search_overhead.py": [
         (["--dataset", "cifar10", "--n", "1", "--out-dir", "{offline}-o"], "could not be downloaded"),
         (["--n", "0"], "--n"), (["--budget-gmacs", "0.000001"], "below the smallest")],

@@ -144,3 +144,35 @@ def test_depth_latency_rows_spend_the_budget_on_fewer_blocks(arch, budget):
         assert r["gmacs"] == pytest.approx(metrics.gmacs(adapter.rebuild(r["keep_cfg"], NC), 32), rel=1e-6)
         assert r["gmacs"] <= budget * (1 + 1e-9)
     assert metrics.gmacs(adapter.rebuild(teacher["keep_cfg"], NC), 32) > budget
+
+
+def test_depth_latency_config_rows_are_built_as_a_trial_builds_them():
+    """--config rows (a front member's knob values, per-stage planes as a trial's config holds them) come
+    after the ladder, labelled, with the architecture the compiler builds at the budget (widths projected
+    down when over it), recounted by fvcore; an INT8 plan or a per-stage object missing a stage is one
+    clear error, since the benchmark times FP32 and stages are the model's."""
+    import importlib.util
+
+    from m2mdc.compiler import compile_config, dry_target
+    from m2mdc.errors import UserError
+
+    spec = importlib.util.spec_from_file_location("depth_latency", "benchmarks/depth_latency.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    member = {"prune_ratio": 0.92, "planes_keep": {"layer1": 0.85, "layer2": 0.43, "layer3": 0.71, "layer4": 0.89},
+              "mid_keep": 0.78}
+    wide = {"prune_ratio": 0.0, "planes_keep": 1.0, "mid_keep": 0.9}  # over 0.02 GMACs: projected down
+    plain, _ = bench.architectures("resnet18", NC, 32, 0.02)
+    rows, adapter = bench.architectures("resnet18", NC, 32, 0.02, {"member": member, "wide": wide})
+    assert [r["name"] for r in rows] == [r["name"] for r in plain] + ["member (--config)", "wide (--config)"]
+    target = dry_target("resnet18", NC, 32)
+    for row, config in zip(rows[-2:], (member, wide)):
+        plan = compile_config(config, target, budget_gmacs=0.02)
+        assert row["keep_cfg"] == plan.keep_cfg and row["gmacs"] == plan.gmacs <= 0.02
+        assert row["gmacs"] == pytest.approx(metrics.gmacs(adapter.rebuild(row["keep_cfg"], NC), 32), rel=1e-6)
+    assert rows[-2]["blocks"] == 4 and rows[-2]["width_scale"] == 1.0 and rows[-2]["gmacs"] < 0.012
+    assert rows[-1]["blocks"] == 8 and rows[-1]["width_scale"] < 1.0
+    with pytest.raises(UserError, match="ships INT8"):
+        bench.architectures("resnet18", NC, 32, 0.02, {"q": {"qat": True}})
+    with pytest.raises(UserError, match="must name every stage"):
+        bench.architectures("resnet18", NC, 32, 0.02, {"s": {"planes_keep": {"layer1": 0.5}}})
