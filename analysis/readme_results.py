@@ -39,6 +39,7 @@ SOURCES = {
     "paper-table": ("paper_table/paper_table-cifar100.md", []),
     "pqd-ablation": ("pqd_ablation/resnet18-cifar100/pqd_ablation.md", []),
     "depth-latency": ("benchmarks/depth_latency/resnet18-b0.02.md", []),
+    "depth-latency-front": ("benchmarks/depth_latency/resnet18-b0.02-v4-front.md", []),
     "latency-budget": ("benchmarks/latency_budget/latency-bench-bs64-v2/latency_budget.md", []),
     "latency-recheck": ("benchmarks/latency_budget/recheck-frontier-resnet18-cifar100-9ms-bs64-v3/latency_budget.md",
                         []),
