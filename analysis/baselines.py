@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from m2mdc.cli.args import add_data_args, add_teacher_args, teacher_and_data
-from m2mdc.errors import Parser, UserError, check_range, cli
+from m2mdc.errors import Parser, UserError, check_range, cli, plain_name
 from m2mdc.io import ensure_writable, out_root, write_json, write_text
 
 from analysis.study import BUDGETS, FIXED_KD, Run, execute, machine, mean_std, results_root
@@ -122,14 +122,11 @@ def parse_configs(texts: list[str]) -> dict[str, dict]:
 def check_configs(configs: dict[str, dict], arch: str, num_classes: int, resolution: int, budget: float) -> None:
     """Every --config compiles to a plan within the budget (widths projected onto it, as a trial's are),
     checked on the architecture alone, before the teacher or any row trains."""
-    from m2mdc.compiler import compile_config, dry_target
+    from m2mdc.compiler import compile_within, dry_target
 
     target = dry_target(arch, num_classes, resolution)
     for row, config in configs.items():
-        plan = compile_config(config, target, budget_gmacs=budget)
-        if not plan.feasible:
-            raise UserError(f"{row}: cannot be brought within {budget:g} GMACs "
-                            f"({'; '.join(plan.notes) or 'infeasible'})")
+        compile_within(config, target, budget, row)
 
 
 def baseline_runs(budget: str, seed: int, int8_seeds: list[int] | None = None,
@@ -278,9 +275,8 @@ def main(argv=None):
     if not set(long_seeds) <= set(seeds):
         raise UserError(f"--long-seeds {a.long_seeds!r} must be among --seeds {a.seeds!r}")
     seeds_of = {b: long_seeds if b == "long" else seeds for b in budgets}
-    if a.name is not None and (Path(a.name).name != a.name or a.name in ("", ".", "..")):
-        raise UserError(f"--name {a.name!r} must be a plain folder name (no '/'), "
-                        f"e.g. resnet18-cifar100-b0.02-teacher30")
+    if a.name is not None:
+        plain_name(a.name, "--name", "resnet18-cifar100-b0.02-teacher30")
     from m2mdc.compiler import target_of
     from m2mdc.context import prepare_context
     from m2mdc.device import pick_device

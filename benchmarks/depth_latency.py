@@ -30,8 +30,8 @@ import torch  # noqa: E402
 
 from m2mdc import metrics  # noqa: E402
 from m2mdc.arch_latency import cpu_model  # noqa: E402
-from m2mdc.compiler import compile_config, depth_ladder, dry_target, thinnest  # noqa: E402
-from m2mdc.errors import Parser, UserError, check_range, cli, positive_ints  # noqa: E402
+from m2mdc.compiler import compile_config, compile_within, depth_ladder, dry_target, thinnest  # noqa: E402
+from m2mdc.errors import Parser, UserError, check_range, cli, plain_name, positive_ints  # noqa: E402
 from m2mdc.io import ensure_writable, out_root, write_json, write_text  # noqa: E402
 from m2mdc.knobs import parse_labelled_configs  # noqa: E402
 from m2mdc.latency import as_shipped, time_forward  # noqa: E402
@@ -75,10 +75,7 @@ def architectures(arch: str, num_classes: int, resolution: int, budget: float,
     rows.append({"name": "floor: fewest blocks, one channel per group", "config": config, "keep_cfg": floor.keep_cfg,
                  "gmacs": floor.gmacs, "width_scale": floor.width_scale, "blocks": rows[-1]["blocks"]})
     for label, config in (configs or {}).items():
-        plan = compile_config(config, target, budget_gmacs=budget)
-        if not plan.feasible:
-            raise UserError(f"--config {label}: cannot be brought within {budget:g} GMACs "
-                            f"({'; '.join(plan.notes) or 'infeasible'})")
+        plan = compile_within(config, target, budget, f"--config {label}")
         if any(step["step"] == "qat" for step in plan.plan):
             raise UserError(f"--config {label}: its plan ships INT8 (QAT) and this benchmark times FP32; drop qat "
                             f"(benchmarks/latency.py times INT8)")
@@ -153,9 +150,7 @@ def main(argv=None):
     p.add_argument("--out-dir", default=None, help="output root (default ./outputs)")
     a = p.parse_args(argv)
     configs = parse_labelled_configs(a.config)
-    stem = a.name or f"{a.arch}-b{a.budget_gmacs:g}"
-    if not stem or "/" in stem or stem.startswith("."):
-        raise UserError(f"--name {a.name!r}: give a plain file stem (no '/', not starting with '.')")
+    stem = f"{a.arch}-b{a.budget_gmacs:g}" if a.name is None else plain_name(a.name, "--name", "resnet18-b0.02-front")
     check_range("--budget-gmacs", a.budget_gmacs, 0, float("inf"), lo_open=True)
     a.batch_sizes = positive_ints(a.batch_sizes, "--batch-sizes")
     if min(a.threads, a.rounds, a.repeats, a.warmup + 1, a.resolution) < 1 or a.num_classes < 2:

@@ -387,6 +387,16 @@ BASELINES = {
 LATENCY_BASELINES = {"Torch-Pruning-like local + INT8 QAT": {**BASELINES["Torch-Pruning-like local"], "qat": True}}
 
 
+def compile_within(config: dict, target: Target, budget_gmacs: float, where: str) -> CompiledPlan:
+    """``config``'s plan within the GMACs budget (widths projected onto it, as a trial's are), or one line
+    saying why it cannot be: a user's own configuration (``where`` names it) checked before anything runs."""
+    plan = compile_config(config, target, budget_gmacs=budget_gmacs)
+    if not plan.feasible:
+        raise UserError(f"{where}: cannot be brought within {budget_gmacs:g} GMACs "
+                        f"({'; '.join(plan.notes) or 'infeasible'})")
+    return plan
+
+
 def _largest(p):
     """The largest value a space's knob (spaces.Param: fixed value, range or choices) can take."""
     return p.high if p.low is not None else max(p.choices) if p.choices is not None else p.fixed

@@ -5,6 +5,7 @@ import argparse
 import functools
 import shlex
 import sys
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -70,3 +71,11 @@ def positive_ints(text: str, what: str) -> list[int]:
     if not values or min(values) < 1:
         raise UserError(f"{what} must list integers >= 1 (got {text!r})")
     return values
+
+
+def plain_name(value: str, what: str, example: str) -> str:
+    """``value`` if it names one file or folder inside an output folder (no '/', not '.' or '..'), else a
+    UserError naming ``what``: a name becomes a path under OUT, and must not leave it."""
+    if Path(value).name != value or value in ("", ".", ".."):
+        raise UserError(f"{what} {value!r} must be a plain folder name (no '/'), e.g. {example}")
+    return value
