@@ -36,6 +36,7 @@ SOURCES = {
                           "samplers-resnet18-cifar100-random/pareto.md", ["hypervolume.png", "compare.png"]),
     "finalize-samplers-tpe": ("finalize/samplers-resnet18-cifar100-tpe/finalize.md", []),
     "finalize-samplers-random": ("finalize/samplers-resnet18-cifar100-random/finalize.md", []),
+    "finalize-v4-screen": ("finalize/frontier-resnet18-cifar100-b0.02-v4/finalize.md", []),
     "proxy-rank": ("proxy_rank/frontier-resnet18-cifar100-b0.02-width/proxy_rank.md", []),
     "paper-table": ("paper_table/paper_table-cifar100.md", []),
     "pqd-ablation": ("pqd_ablation/resnet18-cifar100/pqd_ablation.md", []),
