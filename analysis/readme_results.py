@@ -32,6 +32,7 @@ SOURCES = {
     "baselines-resnet18-v4": ("baselines/resnet18-cifar100-b0.02-v4/baselines.md", []),
     "baselines-resnet18-shallow": ("baselines/resnet18-cifar100-b0.02-shallow/baselines.md", []),
     "baselines-resnet18-ceiling": ("baselines/resnet18-cifar100-depth-ceiling/baselines.md", []),
+    "baselines-resnet18-half-budget": ("baselines/resnet18-cifar100-b0.0111/baselines.md", []),
     "samplers-resnet18": ("review/samplers-resnet18-cifar100-tpe-vs-samplers-resnet18-cifar100-nsga2-vs-"
                           "samplers-resnet18-cifar100-random/pareto.md", ["hypervolume.png", "compare.png"]),
     "finalize-samplers-tpe": ("finalize/samplers-resnet18-cifar100-tpe/finalize.md", []),
