@@ -10,8 +10,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from m2mdc.data import Dataset
+from m2mdc.errors import UserError
+from m2mdc.io import write_json
 
 
 SEARCH_RECORD = "search.json"  # in a search's folder once it has started: identity and parent run, what --resume reads
@@ -69,12 +72,13 @@ class SearchRequest:
 def warm_store(uri: str, experiment: str) -> None:
     """Import MLflow and open an existing store while Ray starts. A SQLite store that does not exist
     yet is not opened (opening creates it), so a search that then fails to start writes nothing."""
-    from mlflow.tracking import MlflowClient
+    from .mlflow_store import open_client, sqlite_path
 
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+    path = sqlite_path(uri)
+    if path is not None and not path.exists():
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - the import is most of the cost
         return
-    MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    open_client(uri).get_experiment_by_name(experiment)
 
 
 def build_setup(req: SearchRequest, device):
@@ -143,21 +147,11 @@ def trial_resources(req: SearchRequest) -> dict:
 
 def run_search(req: SearchRequest) -> int:
     import ray
-    from ray import tune
-    from ray.tune import CLIReporter
-    from ray.tune.schedulers import FIFOScheduler
 
-    from m2mdc.compiler import cohort, max_reports
     from m2mdc.device import pick_device
-    from m2mdc.io import write_json
-    from m2mdc.objectives import directions
 
-    from .early_stop import CollapseStoppingASHA
-    from .optuna_search import ParetoSafeOptunaSearch, make_sampler
+    from .faults import mark_search_group
     from .ray_cluster import start_or_join
-    from .report import collect_rows, counts, front_of, pareto_markdown, write_outputs
-    from .tracking import SearchTracker, TrialLogger
-    from .trainable import SharedSetup, compression_trial
 
     a, exp_dir, name = req.args, req.exp_dir, req.name
     device = pick_device(a.device)
@@ -166,11 +160,16 @@ def run_search(req: SearchRequest) -> int:
     print(f"{req.ds.describe()}; device {device}; space {req.space.source} ({req.space.mode}); budget "
           f"{a.budget_gmacs:g} GMACs{latency}; objectives {', '.join(req.objectives)}; profile {a.profile}: {req.num_samples} "
           f"trials, KD T={req.training['epochs']}{f', {steps} batches/epoch' if steps else ''}", flush=True)
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state saved often: resume loses little
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Per-epoch reports carry only what ASHA reads; the objectives arrive with the final report, the
     # only one the searcher tells Optuna (search/optuna_search.py). Ray would reject the epoch rows.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    mark_search_group()
+    # From here on the search is resumable: its record names it before anything else is written.
+    record = {"identity": req.identity, "parent_run_id": (req.resume_meta or {}).get("parent_run_id"),
+              "mlflow_uri": req.mlflow_uri}
+    write_json(exp_dir / SEARCH_RECORD, record)
     # Ray first: a cluster that cannot be joined fails before any teacher training. Its start is mostly
     # waiting for daemons: import MLflow and open an existing store meanwhile (~2 s of driver CPU; a
     # store that does not exist yet is not created, so a failed start leaves nothing behind).
@@ -178,75 +177,153 @@ def run_search(req: SearchRequest) -> int:
         store_ready = pool.submit(warm_store, req.mlflow_uri, name)
         print(start_or_join(a.address, os.cpu_count() or 1, None, a.dashboard), flush=True)
         store_ready.result()
-    setup, teacher = build_setup(req, device)
-
-    tracker = SearchTracker(req.mlflow_uri, name, req.root / "mlartifacts")
-    exp_dir.mkdir(parents=True, exist_ok=True)
+    tracker = None
     status = "FAILED"
     try:
-        params = {k: v for k, v in vars(a).items() if k not in ("resume", "command")}  # a resume's line differs
-        space = req.space
-        parent = tracker.start_parent(name, {**params, "space": space.source, "space_digest": space.digest},
-                                      {"budget_gmacs": str(a.budget_gmacs), "arch": a.arch, "dataset": req.ds.name,
-                                       "objectives": ",".join(req.objectives), "command": a.command[:5000],
-                                       **latency_tags(a)},
-                                      run_id=req.resume_meta and req.resume_meta.get("parent_run_id"))
-        if req.resume_meta is None:
-            log_search_inputs(tracker, parent, space, teacher)
-        # on resume too: a resume with --remeasure on another CPU now names this one
-        write_json(exp_dir / SEARCH_RECORD, {"identity": req.identity, "parent_run_id": parent,
-                                             "mlflow_uri": req.mlflow_uri})
-        trainable = tune.with_resources(tune.with_parameters(compression_trial, shared=SharedSetup(setup)),
-                                        trial_resources(req))
-        reporter = CLIReporter(metric_columns={"val_top1": "val top-1", "gmacs": "GMACs", "epochs_done": "epochs"},
-                               max_report_frequency=60, sort_by_metric=False)
-        run_config = tune.RunConfig(name=name, storage_path=str(exp_dir.parent), callbacks=[TrialLogger(tracker)],
-                                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                                    verbose=1, progress_reporter=reporter)
-        if a.resume and (exp_dir / "tuner.pkl").exists():
-            tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=False,
-                                       restart_errored=False)
-        else:
-            import optuna
-
-            storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / 'optuna.db'}")
-            searcher = ParetoSafeOptunaSearch(
-                metric=list(req.objectives), mode=directions(req.objectives),
-                sampler=make_sampler(a.sampler, a.search_seed, req.profile.n_startup), storage=storage,
-                study_name=name, points_to_evaluate=req.points or None, budget_gmacs=a.budget_gmacs)
-            reports = max_reports(setup.target(), space.mode, a.budget_gmacs, req.training)
-            scheduler = FIFOScheduler() if a.no_asha else CollapseStoppingASHA(
-                time_attr="training_iteration", metric="val_top1", mode="max", max_t=reports,
-                grace_period=min(req.training["epochs"], reports), reduction_factor=3, stop_fraction=a.stop_fraction,
-                min_recorded=a.asha_min_trials, state_path=exp_dir / "asha-rungs.json", cohort=cohort,
-                exempt_first=req.seeded)
-            tuner = tune.Tuner(trainable, param_space=space.param_space(), run_config=run_config,
-                               tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                                           num_samples=req.num_samples,
-                                                           max_concurrent_trials=a.max_concurrent,
-                                                           reuse_actors=True,
-                                                           trial_dirname_creator=lambda tr: f"trial_{tr.trial_id}"))
-        results = tuner.fit()
+        setup, teacher = build_setup(req, device)
+        tracker, parent = open_tracking(req, teacher)
+        write_json(exp_dir / SEARCH_RECORD, {**record, "parent_run_id": parent})
+        results = tune_trials(req, setup, tracker)
         ended = results.num_terminated + results.num_errors
         if ended < req.num_samples:
             status = "KILLED"
             print(f"search interrupted with {ended} of {req.num_samples} trials finished; "
                   f"continue with the same command plus --resume", file=sys.stderr)
             return 130
-        rows = collect_rows(results, tracker)
-        front = front_of(rows, req.objectives)
-        n = counts(rows)
-        files = write_outputs(rows, front, req.objectives, exp_dir, a.budget_gmacs, teacher,
-                              f"{a.arch} / {req.ds.name}: {n['completed']} finished trials", budget_ms=a.budget_ms)
-        tracker.finish(rows, {r["trial_id"] for r in front}, files,
-                       {**{f"trials_{k}": v for k, v in n.items()}, "pareto_size": len(front)})
+        report_search(req, results, tracker, teacher)
         status = "FINISHED"
-        print(f"\nPareto set ({len(front)} of {n['completed']} finished trials; {n['stopped_early']} stopped early, "
-              f"{n['failed']} failed, {n['infeasible']} infeasible):")
-        print(pareto_markdown(front, req.objectives))
-        print(f"outputs: {exp_dir}  |  review: mlflow ui --backend-store-uri {req.mlflow_uri}")
         return 0
+    except Exception as e:  # noqa: BLE001 - only a failing environment is turned into one line
+        message = environment_failure(e, req)
+        if message is None:
+            raise
+        raise UserError(message) from None
     finally:
-        if status != "FINISHED":
-            tracker.fail(status)
+        if status != "FINISHED" and tracker is not None:
+            try:
+                tracker.fail(status)
+            except Exception:  # noqa: BLE001 - the store may be what failed; resume closes it
+                pass
         ray.shutdown()
+
+
+def open_tracking(req: SearchRequest, teacher: dict):
+    """The MLflow tracker and the search's parent run (the one it had, on resume)."""
+    from .tracking import SearchTracker
+
+    a, space = req.args, req.space
+    tracker = SearchTracker(req.mlflow_uri, req.name, req.root / "mlartifacts")
+    params = {k: v for k, v in vars(a).items() if k not in ("resume", "command")}  # a resume's line differs
+    parent = tracker.start_parent(req.name, {**params, "space": space.source, "space_digest": space.digest},
+                                  {"budget_gmacs": str(a.budget_gmacs), "arch": a.arch, "dataset": req.ds.name,
+                                   "objectives": ",".join(req.objectives), "command": a.command[:5000],
+                                   **latency_tags(a)},
+                                  run_id=req.resume_meta and req.resume_meta.get("parent_run_id"))
+    if req.resume_meta is None:
+        log_search_inputs(tracker, parent, space, teacher)
+    return tracker, parent
+
+
+def tune_trials(req: SearchRequest, setup, tracker):
+    """Run the trials with Ray Tune. On resume, the stores are reconciled first and Ray's trial table is
+    rebuilt from the study (search/reconcile.py); Ray's own experiment checkpoint is not read."""
+    import optuna
+    from ray import tune
+    from ray.tune import CLIReporter
+    from ray.tune.schedulers import FIFOScheduler
+
+    from m2mdc.compiler import cohort, max_reports
+    from m2mdc.objectives import directions
+
+    from .early_stop import CollapseStoppingASHA
+    from .optuna_search import ParetoSafeOptunaSearch, StudyOrderGenerator, make_sampler
+    from .outcome import REPORT_INDEX
+    from .reconcile import reconcile
+    from .tracking import TrialLogger
+    from .trainable import SharedSetup, compression_trial
+
+    a, exp_dir, name, space = req.args, req.exp_dir, req.name, req.space
+    storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / 'optuna.db'}")
+    asha_state = None if a.no_asha else exp_dir / "asha-rungs.json"
+    if req.resume_meta is not None and (exp_dir / "optuna.db").exists():
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:  # the search died before its study was created
+            study = None
+        if study is not None:
+            ledger = reconcile(exp_dir, study, tracker, req.objectives, a.budget_gmacs, asha_state)
+            print(f"[resume] {len(study.trials)} trials in the study, {len(ledger)} of them ended; re-creating them "
+                  f"in order (ended ones report their recorded result without training)", flush=True)
+    trainable = tune.with_resources(tune.with_parameters(compression_trial, shared=SharedSetup(setup)),
+                                    trial_resources(req))
+    reporter = CLIReporter(metric_columns={"val_top1": "val top-1", "gmacs": "GMACs", "epochs_done": "epochs"},
+                           max_report_frequency=60, sort_by_metric=False)
+    run_config = tune.RunConfig(name=name, storage_path=str(exp_dir.parent), callbacks=[TrialLogger(tracker)],
+                                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                                verbose=1, progress_reporter=reporter)
+    searcher = ParetoSafeOptunaSearch(
+        space=space.param_space(), metric=list(req.objectives), mode=directions(req.objectives),
+        sampler=make_sampler(a.sampler, a.search_seed, req.profile.n_startup), storage=storage,
+        study_name=name, points_to_evaluate=req.points or None, budget_gmacs=a.budget_gmacs)
+    reports = max_reports(setup.target(), space.mode, a.budget_gmacs, req.training)
+    scheduler = FIFOScheduler() if a.no_asha else CollapseStoppingASHA(
+        time_attr=REPORT_INDEX, metric="val_top1", mode="max", max_t=reports,
+        grace_period=min(req.training["epochs"], reports), reduction_factor=3, stop_fraction=a.stop_fraction,
+        min_recorded=a.asha_min_trials, state_path=asha_state, cohort=cohort, exempt_first=req.seeded)
+    tuner = tune.Tuner(trainable, run_config=run_config,
+                       tune_config=tune.TuneConfig(search_alg=StudyOrderGenerator(searcher, a.max_concurrent),
+                                                   scheduler=scheduler, num_samples=req.num_samples,
+                                                   reuse_actors=True,
+                                                   trial_dirname_creator=lambda tr: f"trial_{tr.trial_id}"))
+    return tuner.fit()
+
+
+def report_search(req: SearchRequest, results, tracker, teacher: dict) -> None:
+    """The end of a search: tables and plots beside the experiment, Pareto tags and members in MLflow."""
+    from .report import collect_rows, counts, front_of, pareto_markdown, write_outputs
+
+    a = req.args
+    rows = collect_rows(results, tracker)
+    front = front_of(rows, req.objectives)
+    n = counts(rows)
+    files = write_outputs(rows, front, req.objectives, req.exp_dir, a.budget_gmacs, teacher,
+                          f"{a.arch} / {req.ds.name}: {n['completed']} finished trials", budget_ms=a.budget_ms)
+    tracker.finish(rows, {r["trial_id"] for r in front}, files,
+                   {**{f"trials_{k}": v for k, v in n.items()}, "pareto_size": len(front)})
+    print(f"\nPareto set ({len(front)} of {n['completed']} finished trials; {n['stopped_early']} stopped early, "
+          f"{n['failed']} failed, {n['infeasible']} infeasible):")
+    print(pareto_markdown(front, req.objectives))
+    print(f"outputs: {req.exp_dir}  |  review: mlflow ui --backend-store-uri {req.mlflow_uri}")
+
+
+def environment_failure(exc: BaseException, req: SearchRequest) -> str | None:
+    """One line for a failure of the machine or a service rather than of the search (None for any other
+    error): what failed, and that ``--resume`` continues once it is mended."""
+    from mlflow.exceptions import MlflowException
+
+    from .outcome import ENVIRONMENT_ERRNOS, EnvironmentFailure
+
+    resume = "then continue with the same command plus --resume"
+    for e in _chain(exc):
+        if isinstance(e, EnvironmentFailure):
+            return f"{e}; {resume}"
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+            where = f" writing {e.filename}" if e.filename else ""
+            return f"{ENVIRONMENT_ERRNOS[e.errno]} ({e.strerror}{where}); free space or make it writable, {resume}"
+        if isinstance(e, MlflowException):
+            text = str(e)
+            if "disk is full" in text or "readonly database" in text:
+                return f"the MLflow store {req.mlflow_uri} cannot be written ({text.splitlines()[0][:200]}); {resume}"
+            if urlparse(req.mlflow_uri).scheme in ("http", "https") and ("Max retries" in text or "Connection" in text):
+                return (f"the MLflow tracking server {req.mlflow_uri} went away mid-search; restart it "
+                        f"(mlflow server ...), {resume}")
+    return None
+
+
+def _chain(exc: BaseException):
+    """An exception and its causes (Ray wraps a trial's error; MLflow wraps requests')."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__

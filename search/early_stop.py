@@ -7,11 +7,12 @@ frontier-relevant ones). This scheduler keeps ASHA's asynchronous rungs (grace_p
 but stops a trial only when its val top-1 at a rung falls in the bottom ``stop_fraction`` of the
 trials recorded there, and only once ``min_recorded`` trials give that quantile a meaning.
 
-Ray Tune does not restore a scheduler's state on ``Tuner.restore`` (ray#30838): the scheduler
-comes back as it was pickled when the search started, with empty rungs, so a resumed search
-would stop different trials than an uninterrupted one. With ``state_path`` the rungs are
-written (atomically) after every decision and read back the first time a restored scheduler
-is used.
+Ray Tune does not restore a scheduler's state on ``Tuner.restore`` (ray#30838), and a resumed search
+builds a new scheduler anyway (search/reconcile.py). With ``state_path`` the rungs, the order trials
+were added in, and every stop decision with the row it was taken on are written (atomically) after
+every decision and read back the first time the scheduler is used: a resumed search records what an
+uninterrupted one does, and a trial stopped just before a crash is closed as stopped early on resume
+(the decision is the first write of a stop; Optuna's and MLflow's come after it).
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ import numpy as np
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
 from m2mdc.io import write_json
+
+from . import faults
+from .outcome import row_fields
 
 
 def _quantile_cutoff(recorded: dict, stop_fraction: float, min_recorded: int):
@@ -51,6 +55,7 @@ class CollapseStoppingASHA(AsyncHyperBandScheduler):
         self._cohorts: dict[str, list] = {}  # cohort -> its own brackets (the default cohort uses Ray's)
         self._exempt_first = int(exempt_first)
         self._added: list[str] = []  # trial ids in the order they were added (the first ones are exempt)
+        self._stopped: dict[str, dict] = {}  # trial id -> the report row it was stopped on
         self._state_path = str(state_path) if state_path else None
         self._restored = False
 
@@ -78,6 +83,7 @@ class CollapseStoppingASHA(AsyncHyperBandScheduler):
             return
         saved = json.loads(Path(self._state_path).read_text())
         self._added = list(saved.get("added", []))
+        self._stopped = dict(saved.get("stopped", {}))
         for name, brackets in saved["rungs"].items():
             for bracket, rungs in zip(self._brackets_of(name), brackets):
                 for (milestone, recorded), (m, values) in zip(bracket._rungs, rungs):
@@ -88,7 +94,7 @@ class CollapseStoppingASHA(AsyncHyperBandScheduler):
 
     def _persist(self) -> None:
         if self._state_path:
-            write_json(Path(self._state_path), {"rungs": self.rungs(), "added": self._added})
+            write_json(Path(self._state_path), {"rungs": self.rungs(), "added": self._added, "stopped": self._stopped})
 
     # ---- scheduler hooks -----------------------------------------------------------------
     def on_trial_add(self, tune_controller, trial):
@@ -104,8 +110,18 @@ class CollapseStoppingASHA(AsyncHyperBandScheduler):
         if trial.trial_id in self._added[:self._exempt_first] and action == self.STOP \
                 and result.get(self._time_attr, 0) < self._max_t:
             action = self.CONTINUE  # a seeded baseline runs to the end: it is the yardstick
+        decided = action == self.STOP and not result.get("final") and trial.trial_id not in self._stopped
+        if decided:
+            self._stopped[trial.trial_id] = row_fields(result)
         self._persist()
+        if decided:
+            faults.point("asha.decided")
         return action
+
+    @staticmethod
+    def stopped(state_path: Path) -> dict[str, dict]:
+        """The stop decisions a search's scheduler persisted: trial id -> the row it was stopped on."""
+        return json.loads(Path(state_path).read_text()).get("stopped", {}) if Path(state_path).exists() else {}
 
     def on_trial_complete(self, tune_controller, trial, result):
         self._restore_once()

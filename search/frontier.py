@@ -294,10 +294,6 @@ def main(argv=None):
         if not meta_path.exists():
             raise UserError(f"nothing to resume: no search named {name} under {root / 'search'}; drop --resume")
         meta = json.loads(meta_path.read_text())
-        state = exp_dir / "tuner.pkl"
-        if state.exists() and state.stat().st_size == 0:  # Ray died while writing it: nothing to restore
-            raise UserError(f"{name} cannot be resumed: its saved Ray Tune state {state} is empty (the search "
-                            f"died as it started); start it again under a new --name")
         was_cpu = meta["identity"].get("latency_cpu")
         if a.budget_ms is not None and was_cpu != identity["latency_cpu"]:
             if not a.remeasure:

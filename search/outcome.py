@@ -6,6 +6,12 @@ raised), so they cannot disagree, and nothing is read back from MLflow to decide
 """
 from __future__ import annotations
 
+import errno
+import json
+from pathlib import Path
+
+from m2mdc.objectives import METRICS
+
 COMPLETED, STOPPED_EARLY, FAILED, INFEASIBLE = "completed", "stopped_early", "failed", "infeasible"
 STATUSES = (COMPLETED, STOPPED_EARLY, FAILED, INFEASIBLE)
 MLFLOW_RUN_STATUS = {COMPLETED: "FINISHED", INFEASIBLE: "FINISHED", STOPPED_EARLY: "KILLED", FAILED: "FAILED"}
@@ -20,3 +26,46 @@ def trial_status(last_result: dict | None, error: bool) -> str:
     if not last_result or not last_result.get("final"):
         return STOPPED_EARLY
     return COMPLETED if last_result.get("feasible", True) else INFEASIBLE
+
+
+# Report fields that steer the search rather than describe the model. REPORT_INDEX counts a trial's reports
+# (1, 2, ...): ASHA's rungs and MLflow's steps use it rather than Ray's training_iteration, so a row a
+# resumed search replays (search/reconcile.py) lands where it first did.
+REPORT_INDEX = "report_index"
+CONTROL = ("final", "feasible", "plan_step", REPORT_INDEX)
+
+
+def row_fields(result: dict) -> dict:
+    """The trial's own fields of a Ray result (its report row: METRICS and CONTROL), without Ray's bookkeeping."""
+    return {k: v for k, v in result.items() if k in METRICS or k in CONTROL}
+
+
+# What a trial leaves behind for a resume (search/reconcile.py): its own final row, written in its folder
+# before it is reported, and the search's ledger of trials a store closed before a crash.
+FINAL_RECORD = "final.json"  # in trial_<id>/
+LEDGER = "closed-trials.json"  # in the search's folder: trial id -> {"status", "row", "error"}
+
+
+class EnvironmentFailure(RuntimeError):
+    """The machine or a service failed a trial (a full disk, a read-only folder), not its configuration:
+    the search stops with one line and the trial stays unfinished in every store, for --resume."""
+
+
+ENVIRONMENT_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
+                      errno.EROFS: "the output folder is read-only", errno.EACCES: "the output folder is not writable"}
+ENVIRONMENT_REPORT = "environment_error"  # a trial reports this field instead of failing (search/tracking.py)
+
+
+class ReplayedFailure(RuntimeError):
+    """A trial the study recorded as failed, failed again on resume without running."""
+
+
+def replay(trials_dir: Path, trial_id: str) -> dict | None:
+    """How a re-created trial ends without training, if a store or its own folder says it ended: the row to
+    report (``{"row": ...}``; a non-final row ends it stopped early), or ``{"error": ...}``; None: run it."""
+    ledger = Path(trials_dir) / LEDGER
+    closed = json.loads(ledger.read_text()).get(trial_id) if ledger.exists() else None
+    if closed is not None:
+        return {"error": closed.get("error") or "failed"} if closed["status"] == FAILED else {"row": closed["row"]}
+    final = Path(trials_dir) / f"trial_{trial_id}" / FINAL_RECORD
+    return {"row": json.loads(final.read_text())} if final.exists() else None

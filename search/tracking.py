@@ -1,24 +1,28 @@
 """MLflow records of a search: one parent run per search, one nested run per trial.
 
-All writes happen in the driver (a Ray Tune callback), so a SQLite store never sees concurrent
-writers. A trial's run is found again by its ``trial_id`` tag, so a resumed search continues
-the runs it had instead of duplicating them. Status tags: completed, stopped_early, failed,
-infeasible; ``pareto`` = true / false once the search ends.
+All writes happen in the driver (a Ray Tune callback). A trial's run is found again by its
+``trial_id`` tag, so a resumed search continues the runs it had instead of duplicating them, and
+every write is idempotent: a run already closed is left as it is, an epoch already logged is not
+logged again, a final result is logged once (metrics and tags in one batch, with ``final_logged``).
+Status tags: completed, stopped_early, failed, infeasible; ``pareto`` = true / false once the search ends.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 from ray.tune import Callback
 
 from m2mdc.errors import UserError
-
 from m2mdc.objectives import METRICS
 
-from .outcome import MLFLOW_RUN_STATUS, trial_status
+from . import faults
+from .mlflow_store import open_client, sqlite_path
+from .outcome import ENVIRONMENT_REPORT, MLFLOW_RUN_STATUS, REPORT_INDEX, EnvironmentFailure, trial_status
 
+FINAL_LOGGED = "final_logged"  # tag set in the same batch as a trial's final metrics
 
 
 def default_uri(out_root: Path) -> str:
@@ -26,15 +30,14 @@ def default_uri(out_root: Path) -> str:
 
 
 def open_search_store(uri: str | None, out_root: Path):
-    """An MlflowClient on the store a finished search wrote (``uri``, else OUT/mlflow.db): one line,
+    """A client on the store a finished search wrote (``uri``, else OUT/mlflow.db): one line,
     and nothing created, when that store does not exist or cannot be reached."""
-    from mlflow.tracking import MlflowClient
-
     uri = uri or default_uri(out_root)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+    path = sqlite_path(uri)
+    if path is not None and not path.exists():
         raise UserError(f"no MLflow store at {uri}; pass --mlflow-uri or --out-dir of the search")
     check_reachable(uri)
-    return MlflowClient(tracking_uri=uri)
+    return open_client(uri)
 
 
 def check_reachable(uri: str) -> None:
@@ -71,11 +74,10 @@ def deleted_experiment(client, name: str) -> str | None:
 
 def check_experiment(uri: str, name: str) -> None:
     """UserError (one line) if the search's experiment cannot take runs; reads an existing store only."""
-    from mlflow.tracking import MlflowClient
-
-    if urlparse(uri).scheme == "sqlite" and not Path(uri[len("sqlite:///"):]).exists():
+    path = sqlite_path(uri)
+    if path is not None and not path.exists():
         return  # a new store holds no experiment (and opening it would create it)
-    message = deleted_experiment(MlflowClient(tracking_uri=uri), name)
+    message = deleted_experiment(open_client(uri), name)
     if message:
         raise UserError(message)
 
@@ -90,12 +92,21 @@ def flat_config(config: dict, prefix: str = "") -> dict:
     return out
 
 
+@dataclass
+class RunState:
+    """What this process knows of a trial's run: enough to make every write idempotent."""
+
+    run_id: str
+    closed: bool  # MLflow status no longer RUNNING
+    final: bool  # the final metrics and tags are logged
+    last_step: int | None = None  # highest per-epoch step logged (None: not read from the store yet)
+    has_params: bool = True
+
+
 class SearchTracker:
     def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None):
-        from mlflow.tracking import MlflowClient
-
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = open_client(uri)
         message = deleted_experiment(self.client, experiment)
         if message:
             raise UserError(message)
@@ -108,11 +119,21 @@ class SearchTracker:
         else:
             self.experiment_id = exp.experiment_id
         self.parent_id: str | None = None
-        self.runs: dict[str, str] = {}  # ray trial id -> mlflow run id
+        self.state: dict[str, RunState] = {}  # ray trial id -> its run
+
+    @property
+    def runs(self) -> dict[str, str]:
+        """Ray trial id -> MLflow run id."""
+        return {tid: s.run_id for tid, s in self.state.items()}
 
     def start_parent(self, name: str, params: dict, tags: dict, run_id: str | None = None) -> str:
+        """The search's parent run: ``run_id`` (a resume), else the one a start that died early created
+        (a search name has one parent run), else a new one."""
         from mlflow.entities import Param
 
+        if run_id is None:
+            found = self.client.search_runs([self.experiment_id], "tags.role = 'search'", max_results=1)
+            run_id = found[0].info.run_id if found else None
         if run_id:  # resume: the same parent, running again
             self.client.update_run(run_id, status="RUNNING")
             self.parent_id = run_id
@@ -124,18 +145,17 @@ class SearchTracker:
         return self.parent_id
 
     def refresh(self) -> None:
-        """Re-read trial runs from the store (a restored Ray experiment logs through its own pickled
-        callback, so the store, not this object, is the truth)."""
+        """Re-read the trial runs from the store: the store, not this object, is the truth."""
         for r in self.child_runs():
-            self.runs[r.data.tags["trial_id"]] = r.info.run_id
+            self.state[r.data.tags["trial_id"]] = RunState(
+                r.info.run_id, closed=r.info.status != "RUNNING", final=r.data.tags.get(FINAL_LOGGED) == "true",
+                has_params=bool(r.data.params))
 
     def __getstate__(self):  # Ray pickles callbacks with the experiment: keep only what finds the runs again
         return {"uri": self.uri, "experiment_id": self.experiment_id, "parent_id": self.parent_id}
 
     def __setstate__(self, state):
-        from mlflow.tracking import MlflowClient
-
-        self.__dict__.update(state, runs={}, client=MlflowClient(tracking_uri=state["uri"]))
+        self.__dict__.update(state, state={}, client=open_client(state["uri"]))
         if self.parent_id:
             self.refresh()
 
@@ -143,65 +163,99 @@ class SearchTracker:
         return self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}' and "
                                        f"tags.role = 'trial'", max_results=10000)
 
-    def run_for(self, trial) -> str:
+    def run_for(self, trial) -> RunState:
         from mlflow.entities import Param
 
         tid = trial.trial_id
-        if tid not in self.runs:
+        if tid not in self.state:
             run = self.client.create_run(self.experiment_id, run_name=str(trial),
                                          tags={"mlflow.parentRunId": self.parent_id, "trial_id": tid,
                                                "role": "trial", "status": "running"})
-            self.runs[tid] = run.info.run_id
-            cfg = flat_config(trial.config)
-            self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in cfg.items()])
-        return self.runs[tid]
+            self.state[tid] = RunState(run.info.run_id, closed=False, final=False, last_step=0, has_params=False)
+        st = self.state[tid]
+        if not st.has_params:  # new, or created by a search that died before it named the parameters
+            params = [Param(k, str(v)) for k, v in flat_config(trial.config).items()]
+            self.client.log_batch(st.run_id, params=params)
+            st.has_params = True
+        return st
+
+    def _last_step(self, st: RunState) -> int:
+        if st.last_step is None:  # a run a previous process left open: what it logged stays, once
+            history = self.client.get_metric_history(st.run_id, "val_top1")
+            st.last_step = max((m.step for m in history), default=0)
+        return st.last_step
 
     def log_result(self, trial, result: dict) -> None:
         """A report's numbers as metrics (per-epoch ones at every epoch, all at the end) and, at the
-        end, its text fields as tags, as METRICS declares them."""
-        from mlflow.entities import Metric
+        end, its text fields as tags, as METRICS declares them; each at most once per run."""
+        from mlflow.entities import Metric, RunTag
 
-        run_id = self.run_for(trial)
-        step = int(result.get("training_iteration", 0))
-        now = int(time.time() * 1000)
+        st = self.run_for(trial)
+        if st.closed:
+            return
         final = bool(result.get("final"))
+        if final and st.final:
+            return
+        last = self._last_step(st)
+        step = int(result.get(REPORT_INDEX, result.get("training_iteration", 0)))
+        if not final and step <= last:
+            return
+        step = max(step, last + 1) if final else step  # the final values are the run's latest
+        now = int(time.time() * 1000)
         ms = [Metric(k, float(result[k]), now, step) for k, m in METRICS.items()
               if m.kind == "metric" and (final or m.per_epoch) and isinstance(result.get(k), (int, float))
               and not isinstance(result.get(k), bool)]
-        if ms:
-            self.client.log_batch(run_id, metrics=ms)
+        tags = []
         if final:
-            for k, m in METRICS.items():
-                if m.kind == "tag" and result.get(k) is not None:
-                    v = result[k]
-                    self.client.set_tag(run_id, k, str(v).lower() if isinstance(v, bool) else str(v)[:5000])
+            tags = [RunTag(k, str(result[k]).lower() if isinstance(result[k], bool) else str(result[k])[:5000])
+                    for k, m in METRICS.items() if m.kind == "tag" and result.get(k) is not None]
+            tags.append(RunTag(FINAL_LOGGED, "true"))
+        if ms or tags:
+            self.client.log_batch(st.run_id, metrics=ms, tags=tags)
+        st.last_step = step
+        if final:
+            st.final = True
+            faults.point("mlflow.final_logged")
 
     def end_trial(self, trial, error: bool = False) -> None:
-        run_id = self.run_for(trial)
+        from mlflow.entities import RunTag
+
+        st = self.run_for(trial)
+        if st.closed:  # closed before a crash: what the store holds stands
+            return
         status = trial_status(trial.last_result, error)
-        self.client.set_tag(run_id, "status", status)
+        tags = [RunTag("status", status)]
         if error:
             err = trial.error_file and Path(trial.error_file)
             msg = err.read_text().strip().splitlines()[-1] if err and err.exists() else "trial raised"
-            self.client.set_tag(run_id, "error", msg[:5000])
-        self.client.set_terminated(run_id, status=MLFLOW_RUN_STATUS[status])
+            tags.append(RunTag("error", msg[:5000]))
+        self.client.log_batch(st.run_id, tags=tags)
+        self.client.set_terminated(st.run_id, status=MLFLOW_RUN_STATUS[status])
+        st.closed = True
+        faults.point("mlflow.closed")
 
     def finish(self, rows: list[dict], front_ids: set[str], parent_files: list[Path], metrics: dict,
                status: str = "FINISHED") -> None:
         """Tag every trial run pareto=true/false, log the Pareto members' models and the parent's
-        table + plot, close the parent run."""
+        table + plot, close the parent run. Every write may be repeated by a resume."""
         from mlflow.entities import Metric
 
-        for tid, run_id in self.runs.items():
-            self.client.set_tag(run_id, "pareto", "true" if tid in front_ids else "false")
+        for i, (tid, st) in enumerate(self.state.items()):
+            self.client.set_tag(st.run_id, "pareto", "true" if tid in front_ids else "false")
+            if i == 0:
+                faults.point("report.pareto_tags")
         for r in rows:
             if r["trial_id"] in front_ids and r.get("model_dir") and Path(r["model_dir"]).exists():
-                self.client.log_artifacts(self.runs[r["trial_id"]], str(r["model_dir"]), "model")
+                self.client.log_artifacts(self.state[r["trial_id"]].run_id, str(r["model_dir"]), "model")
+                faults.point("mlflow.member_artifacts")
         for f in parent_files:
             self.client.log_artifact(self.parent_id, str(f))
+        logged = self.client.get_run(self.parent_id).data.metrics
         now = int(time.time() * 1000)
-        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
+                                                       if logged.get(k) != float(v)])
         self.client.set_terminated(self.parent_id, status=status)
+        faults.point("search.finished")
 
     def fail(self, status: str = "FAILED") -> None:
         if self.parent_id:
@@ -218,6 +272,8 @@ class TrialLogger(Callback):
         self.tracker.run_for(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if ENVIRONMENT_REPORT in result:  # raised out of Tuner.fit: the search stops, nothing is recorded
+            raise EnvironmentFailure(result[ENVIRONMENT_REPORT])
         self.tracker.log_result(trial, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -225,4 +281,3 @@ class TrialLogger(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.tracker.end_trial(trial, error=True)
-

@@ -10,6 +10,7 @@ every KD / training epoch (``final: False``) so ASHA can stop it, then once more
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import time
 import warnings
@@ -21,12 +22,15 @@ import torch
 from m2mdc.compiler import CompiledPlan, Target, compile_config
 from m2mdc.context import Context
 from m2mdc.cost import CostModel
+from m2mdc.io import write_json
 from m2mdc.objectives import METRICS
 from m2mdc.results import save_result
 from m2mdc.runner import run_plan
 from m2mdc.train import evaluate_split
 
-CONTROL = ("final", "feasible", "plan_step")  # report fields that steer the search rather than describe the model
+from . import faults
+from .outcome import (CONTROL, ENVIRONMENT_ERRNOS, ENVIRONMENT_REPORT, FINAL_RECORD, REPORT_INDEX, ReplayedFailure,
+                      replay)
 
 
 @dataclass
@@ -179,6 +183,7 @@ def run_trial(config: dict, setup: SearchSetup, report=_report, out_dir: Path | 
         epochs_done += 1
         report(_row(**base, final=False, val_top1=row["val_top1"], gmacs=row["gmacs"], plan_step=row["step_index"],
                     epochs_done=epochs_done))
+        faults.point("trial.epoch")
 
     t0 = time.perf_counter()
     model, record = run_plan(compiled.plan, ctx, on_epoch=on_epoch, quiet=setup.quiet, eval_test=False)
@@ -221,8 +226,31 @@ def compression_trial(config: dict, shared: SharedSetup) -> None:
     folder = (Path(setup.trials_dir) / f"trial_{context.get_trial_id()}" if setup.trials_dir
               else Path(context.get_trial_dir()))
     node = ray.get_runtime_context().get_node_id()  # recorded: which machine of a cluster ran the trial
+    ended = replay(Path(setup.trials_dir), context.get_trial_id()) if setup.trials_dir else None
+    if ended is not None:  # a resumed search re-creates a trial that had ended: it ends the same way, untrained
+        if "error" in ended:
+            raise ReplayedFailure(ended["error"])
+        _report(ended["row"])
+        return
+
+    reports = 0
 
     def report(row: dict) -> None:
-        _report({**row, "node": node} if row.get("final") else row)
+        nonlocal reports
+        reports += 1
+        row = {**row, REPORT_INDEX: reports}  # the scheduler's clock: a replayed row keeps its own
+        if row.get("final"):
+            row = {**row, "node": node}
+            write_json(folder / FINAL_RECORD, row)  # before any store hears of it: a resume reports it again
+            faults.point("trial.final_saved", folder / FINAL_RECORD)
+        _report(row)
 
-    run_trial(config, setup, report=report, out_dir=folder)
+    try:
+        run_trial(config, setup, report=report, out_dir=folder)
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        # not the configuration's failure: the driver stops the search and the trial stays unfinished everywhere
+        _report({ENVIRONMENT_REPORT: f"{os.strerror(e.errno)} writing {e.filename or 'a trial file'} in trial "
+                                     f"{context.get_trial_id()}"})
+        time.sleep(3600)  # the driver stops the search (and this worker) on that report

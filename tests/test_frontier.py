@@ -163,22 +163,6 @@ def test_a_name_whose_mlflow_experiment_was_deleted_refuses(tmp_path, capfd):
     assert client.search_runs([client.get_experiment_by_name("gone").experiment_id], run_view_type=3) == []
 
 
-def test_resume_of_a_search_that_died_as_it_started_refuses(tmp_path, capfd):
-    """A search that died while Ray Tune wrote its state (an NSGA-II sampler Ray could not pickle did
-    that) leaves an empty tuner.pkl: --resume says so in one line instead of Ray's EOFError."""
-    from search.frontier import main
-
-    out = tmp_path / "out"
-    folder = out / "search" / "died"
-    folder.mkdir(parents=True)
-    (folder / "search.json").write_text(json.dumps({"identity": {}}))
-    (folder / "tuner.pkl").write_bytes(b"")
-    err = refused(main, ["--budget-gmacs", str(BUDGET), "--profile", "smoke", "--dataset", "digits", "--out-dir",
-                         str(out), "--space", str(LEAN), "--name", "died", "--resume"], capfd)
-    assert len(err.strip().splitlines()) == 1 and "tuner.pkl is empty" in err and "new --name" in err, err
-    assert sorted(p.name for p in out.rglob("*")) == ["died", "search", "search.json", "tuner.pkl"]
-
-
 def test_latency_objective_front_and_hypervolume_over_three_objectives(out):
     """--budget-ms (latency becomes an objective): every trial records its latency predicted before
     training (within the budget) and measured after, at --latency-batch, with the backend; the parent

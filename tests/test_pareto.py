@@ -56,8 +56,8 @@ def test_stopped_and_failed_trials_never_enter_the_study_as_complete():
     assert {k: t.state for k, t in trials.items()} == {"stopped": S.PRUNED, "crashed": S.FAIL, "done": S.COMPLETE,
                                                         "infeasible": S.COMPLETE}
     assert trials["stopped"].values is None and trials["crashed"].values is None
-    assert trials["done"].user_attrs["constraint"] == [0.0]
-    assert trials["infeasible"].user_attrs["constraint"][0] > 0  # the sampler sees it as infeasible
+    assert trials["done"].constraints == {"budget": 0.0}
+    assert trials["infeasible"].constraints["budget"] > 0  # the sampler sees it as infeasible
     assert [t.user_attrs["ray_trial_id"] for t in s._ot_study.best_trials] == ["done"]
 
 
