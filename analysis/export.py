@@ -28,9 +28,10 @@ FORMATS = ("onnx", "torchscript", "state_dict")
 
 def fetch_model_dir(run_id: str, uri: str, dest: Path) -> Path:
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
+    from search.mlflow_store import open_client
+
+    client = open_client(uri)
     try:
         client.get_run(run_id)
     except MlflowException:

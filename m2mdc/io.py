@@ -22,14 +22,15 @@ def out_root(out_dir=None) -> Path:
     return Path(out_dir or os.environ.get(OUT_ENV) or "outputs")
 
 
-def ensure_writable(path: Path) -> Path:
-    """Create ``path`` if needed and prove it is writable, before any long work starts."""
+def ensure_writable(path: Path, fix: str = "pass a writable --out-dir") -> Path:
+    """Create ``path`` if needed and prove it is writable, before any long work starts (``fix``: what the
+    one-line refusal tells the user to do)."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
             pass
     except OSError as e:
-        raise UserError(f"output directory {path} is not writable ({e.strerror}); pass a writable --out-dir") from None
+        raise UserError(f"output directory {path} is not writable ({e.strerror}); {fix}") from None
     return path
 
 

@@ -301,22 +301,26 @@ def environment_failure(exc: BaseException, req: SearchRequest) -> str | None:
     error): what failed, and that ``--resume`` continues once it is mended."""
     from mlflow.exceptions import MlflowException
 
-    from .outcome import ENVIRONMENT_ERRNOS, EnvironmentFailure
+    from .mlflow_store import STORE_FAILURES
+    from .outcome import ENVIRONMENT_ERRNOS, EnvironmentFailure, environment_message
 
     resume = "then continue with the same command plus --resume"
     for e in _chain(exc):
         if isinstance(e, EnvironmentFailure):
             return f"{e}; {resume}"
         if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
-            where = f" writing {e.filename}" if e.filename else ""
-            return f"{ENVIRONMENT_ERRNOS[e.errno]} ({e.strerror}{where}); free space or make it writable, {resume}"
+            return f"{environment_message(e)}; {resume}"
         if isinstance(e, MlflowException):
             text = str(e)
-            if "disk is full" in text or "readonly database" in text:
-                return f"the MLflow store {req.mlflow_uri} cannot be written ({text.splitlines()[0][:200]}); {resume}"
+            if any(k in text for k in STORE_FAILURES):
+                why = text.splitlines()[0].removeprefix("(sqlite3.OperationalError) ")[:200]
+                return f"the MLflow store {req.mlflow_uri} cannot be written: {why}; {resume}"
             if urlparse(req.mlflow_uri).scheme in ("http", "https") and ("Max retries" in text or "Connection" in text):
                 return (f"the MLflow tracking server {req.mlflow_uri} went away mid-search; restart it "
                         f"(mlflow server ...), {resume}")
+        elif type(e).__module__.split(".")[0] in ("sqlalchemy", "sqlite3") and any(k in str(e) for k in STORE_FAILURES):
+            why = str(e).splitlines()[0].removeprefix("(sqlite3.OperationalError) ")[:200]
+            return f"the Optuna study {req.exp_dir / 'optuna.db'} cannot be written: {why}; {resume}"
     return None
 
 

@@ -275,7 +275,8 @@ def main(argv=None):
         a.budget_gmacs = cost.full_gmacs
     recipe, ds = teacher_and_data(a, search=True)
 
-    root = ensure_writable(out_root(a.out_dir))
+    root = ensure_writable(out_root(a.out_dir), "make it writable, then run the same command again" if a.resume
+                           else "pass a writable --out-dir")
     budgets = ([f"b{a.budget_gmacs:g}"] if gmacs_given else []) + (
         [f"{a.budget_ms:g}ms-bs{a.latency_batch}"] if a.budget_ms is not None else [])
     name = a.name or f"frontier-{a.arch}-{ds.name}-{'-'.join(budgets)}"

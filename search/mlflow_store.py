@@ -46,15 +46,22 @@ def busy(exc: BaseException) -> bool:
     return isinstance(exc, MlflowException) and "database is locked" in str(exc)
 
 
-class _QuietWhileRetrying(logging.Filter):
-    """MLflow logs a traceback for every SQLite lock it meets; a retried one is not an error."""
+STORE_FAILURES = ("disk is full", "readonly database", "disk I/O error")  # a machine's failure, not MLflow's
+
+
+class _ReportedElsewhere(logging.Filter):
+    """MLflow logs a traceback for every SQLite error it meets: a lock is retried here, and a full or
+    read-only disk stops the search with one line (search/driver.py), so neither is logged twice."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "database is locked" not in record.getMessage()
+        text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+        return not any(k in text for k in ("database is locked", *STORE_FAILURES))
 
 
 class RetryingClient:
     """An MlflowClient whose calls are retried, bounded, while the store is busy."""
+
+    retried = 0  # retries this process made (benchmarks/shared_store.py reports them)
 
     def __init__(self, client):
         self._client = client
@@ -71,6 +78,7 @@ class RetryingClient:
                 except Exception as e:  # noqa: BLE001 - only a busy store is retried
                     if not busy(e) or attempt == RETRIES - 1:
                         raise
+                    RetryingClient.retried += 1
                     time.sleep(0.5 * 2 ** attempt)
         return call
 
@@ -82,15 +90,16 @@ def open_client(uri: str) -> RetryingClient:
 
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    logging.getLogger("mlflow.store.db.utils").addFilter(_QuietWhileRetrying())
-    client = MlflowClient(tracking_uri=uri)
+    logging.getLogger("mlflow.store.db.utils").addFilter(_ReportedElsewhere())
     path = sqlite_path(uri)
-    if path is not None and uri not in _opened:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
-            client.search_experiments(max_results=1)  # creates the tables, or checks them, under the lock
-            if WAL:
-                with closing(sqlite3.connect(path, timeout=30)) as con:
-                    con.execute("PRAGMA journal_mode=WAL")
-        _opened.add(uri)
+    if path is None or uri in _opened:
+        return RetryingClient(MlflowClient(tracking_uri=uri))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        client = MlflowClient(tracking_uri=uri)  # opening a SQLite store creates or upgrades its tables
+        client.search_experiments(max_results=1)
+        if WAL:
+            with closing(sqlite3.connect(path, timeout=30)) as con:
+                con.execute("PRAGMA journal_mode=WAL")
+    _opened.add(uri)
     return RetryingClient(client)

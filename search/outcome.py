@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from pathlib import Path
 
 from m2mdc.objectives import METRICS
@@ -54,6 +55,25 @@ class EnvironmentFailure(RuntimeError):
 ENVIRONMENT_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
                       errno.EROFS: "the output folder is read-only", errno.EACCES: "the output folder is not writable"}
 ENVIRONMENT_REPORT = "environment_error"  # a trial reports this field instead of failing (search/tracking.py)
+
+
+def unwritable(folder: Path) -> OSError | None:
+    """The OSError of ENVIRONMENT_ERRNOS a write into ``folder`` meets now (None: it can be written). Asked after
+    any failure of a trial: torch.save, for one, reports a read-only or full disk as a RuntimeError."""
+    probe = Path(folder) / f".writable-{os.getpid()}"
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as e:
+        return e if e.errno in ENVIRONMENT_ERRNOS else None
+    return None
+
+
+def environment_message(e: OSError, where: str = "") -> str:
+    """What failed, in one line, for an OSError of ENVIRONMENT_ERRNOS (``where``: e.g. " in trial X")."""
+    file = f" writing {e.filename}" if e.filename else ""
+    return f"{ENVIRONMENT_ERRNOS[e.errno]} ({e.strerror}{file}{where}); free space or make it writable"
 
 
 class ReplayedFailure(RuntimeError):

@@ -10,7 +10,6 @@ every KD / training epoch (``final: False``) so ASHA can stop it, then once more
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import time
 import warnings
@@ -30,7 +29,7 @@ from m2mdc.train import evaluate_split
 
 from . import faults
 from .outcome import (CONTROL, ENVIRONMENT_ERRNOS, ENVIRONMENT_REPORT, FINAL_RECORD, REPORT_INDEX, ReplayedFailure,
-                      replay)
+                      environment_message, replay, unwritable)
 
 
 @dataclass
@@ -247,10 +246,10 @@ def compression_trial(config: dict, shared: SharedSetup) -> None:
 
     try:
         run_trial(config, setup, report=report, out_dir=folder)
-    except OSError as e:
-        if e.errno not in ENVIRONMENT_ERRNOS:
+    except Exception as failure:  # noqa: BLE001 - re-raised unless the disk or folder is what failed
+        e = failure if isinstance(failure, OSError) and failure.errno in ENVIRONMENT_ERRNOS else unwritable(folder)
+        if e is None:
             raise
         # not the configuration's failure: the driver stops the search and the trial stays unfinished everywhere
-        _report({ENVIRONMENT_REPORT: f"{os.strerror(e.errno)} writing {e.filename or 'a trial file'} in trial "
-                                     f"{context.get_trial_id()}"})
+        _report({ENVIRONMENT_REPORT: environment_message(e, f" in trial {context.get_trial_id()}")})
         time.sleep(3600)  # the driver stops the search (and this worker) on that report

@@ -32,6 +32,9 @@ class Search:
     num_samples: int = 6
     extra: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    cpus: int = 2  # per trial
+    mlflow_uri: str | None = None  # default: OUT/mlflow.db
+    logs: Path | None = None  # where its log and fault log go (default OUT; elsewhere for a disk that fills)
 
     @property
     def exp_dir(self) -> Path:
@@ -41,11 +44,11 @@ class Search:
         return [sys.executable, "search/frontier.py", "--budget-gmacs", str(BUDGET), "--profile", "smoke",
                 "--dataset", "digits", "--out-dir", str(self.out), "--space", str(LEAN), "--name", self.name,
                 "--num-samples", str(self.num_samples), "--sampler", "random", "--search-seed", "3",
-                "--no-seed-baselines", "--asha-min-trials", "2", "--stop-fraction", "0.5", "--cpus-per-trial", "2",
+                "--no-seed-baselines", "--asha-min-trials", "2", "--stop-fraction", "0.5",
+                "--cpus-per-trial", str(self.cpus), *(["--mlflow-uri", self.mlflow_uri] if self.mlflow_uri else []),
                 *self.extra, *(["--resume"] if resume else [])]
 
-    def start(self, resume: bool = False, fault: str | None = None, log_name: str | None = None,
-              env: dict | None = None) -> subprocess.Popen:
+    def start(self, resume: bool = False, fault: str | None = None, env: dict | None = None) -> subprocess.Popen:
         """Start the search (or its resume) as a process group of its own; ``fault`` arms a point
         (search/faults.py: ``POINT[@N][:ERRNO]``)."""
         self.out.mkdir(parents=True, exist_ok=True)
@@ -53,15 +56,19 @@ class Search:
         environ.pop("M2MDC_FAULT", None)
         if fault:
             environ["M2MDC_FAULT"] = fault
-        log = (self.out / (log_name or f"{self.name}.log")).open("a")
+        log = self.log_file.open("a")
         log.write(f"\n=== {'resume' if resume else 'start'} fault={fault} {time.strftime('%H:%M:%S')}\n")
         log.flush()
         return subprocess.Popen(self.command(resume), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
                                 env=environ, start_new_session=True)
 
     @property
+    def log_file(self) -> Path:
+        return (self.logs or self.out) / f"{self.name}.log"
+
+    @property
     def fault_log(self) -> Path:
-        return self.out / f"{self.name}.faults"
+        return (self.logs or self.out) / f"{self.name}.faults"
 
     def hits(self) -> list[str]:
         """The fault points a kill went through, in order (the point writes its line before it kills)."""
@@ -76,8 +83,7 @@ class Search:
             kill_group(proc)
 
     def log(self) -> str:
-        path = self.out / f"{self.name}.log"
-        return path.read_text() if path.exists() else ""
+        return self.log_file.read_text() if self.log_file.exists() else ""
 
     def optuna_states(self) -> list[str]:
         """The study's trial states, read-only (never writes the store of a running search)."""
@@ -106,8 +112,8 @@ class Search:
         from search.audit import audit
         from search.mlflow_store import open_client
 
-        return audit(self.exp_dir, open_client(f"sqlite:///{self.out / 'mlflow.db'}"), self.name, self.num_samples,
-                     ended=ended)
+        uri = self.mlflow_uri or f"sqlite:///{self.out / 'mlflow.db'}"
+        return audit(self.exp_dir, open_client(uri), self.name, self.num_samples, ended=ended)
 
     def audit_partial(self) -> list[str]:
         return self.audit(ended=False) if (self.exp_dir / "optuna.db").exists() else []
@@ -130,3 +136,46 @@ def resume_until_done(search: Search, attempts: int = 3, timeout: float = 600) -
         if codes[-1] == 0:
             break
     return codes
+
+
+class MlflowServer:
+    """``mlflow server`` on 127.0.0.1 over a SQLite store in ``folder``, as its own process group (MLflow
+    3 starts a job runner with worker processes beside it: stopping the group stops them all)."""
+
+    def __init__(self, folder: Path, port: int | None = None):
+        self.folder, self.port = Path(folder), port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout: float = 120) -> "MlflowServer":
+        import requests
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = (self.folder / "server.log").open("a")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+                                      str(self.port), "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+                                      "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"],
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            assert self.proc.poll() is None, (self.folder / "server.log").read_text()[-3000:]
+            try:
+                if requests.get(self.uri + "/health", timeout=2).ok:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"mlflow server did not answer on {self.uri}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc)
+            self.proc = None
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

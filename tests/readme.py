@@ -29,7 +29,7 @@ SHRINK = {"--dataset": "digits", "--data-dir": None, "--resolution": None, "--ar
           "--epochs": "2", "--teacher-epochs": "2", "--budget-gmacs": "0.02", "--pqd-epochs": "2", "--seeds": "0",
           "--k": "1", "--samples": "300", "--n": "1", "--kd-epochs": "1", "--steps-per-epoch": "2",
           "--profile": "smoke", "--num-samples": "1", "--budget-ms": "1000", "--run-id": "{run_id}",
-          "--teacher": "{teacher}", "--samplers": "tpe", "--out-dir": "{out}", "--latency-batch": "8"}
+          "--teacher": "{teacher}", "--samplers": "tpe", "--out-dir": "{out}", "--latency-batch": "8", "--kills": "1"}
 # what a tool needs added to stay small (only when the README does not set the flag itself)
 EXTRA = {"m2mdc.compress": ["--dataset", "digits", "--kd-epochs", "1", "--steps-per-epoch", "2", "--teacher-epochs", "2"],
          "analysis/finalize.py": ["--dataset", "digits", "--epochs", "5"],  # the smoke search's teacher
@@ -40,6 +40,8 @@ EXTRA = {"m2mdc.compress": ["--dataset", "digits", "--kd-epochs", "1", "--steps-
          "benchmarks/latency.py": ["--rounds", "1", "--repeats", "3", "--int8", "qat", "--batch-sizes", "1"],
          "benchmarks/depth_latency.py": ["--rounds", "1", "--repeats", "3", "--warmup", "1", "--batch-sizes", "1"],
          "benchmarks/latency_budget.py": ["--space", "tests/data/space-lean.yaml", "--threads", "1"],
+         "benchmarks/crash_kills.py": ["--kills-per-search", "1"],
+         "benchmarks/shared_store.py": ["--writers", "2", "--runs", "2", "--repeats", "1"],
          "analysis/readme_results.py": ["--readme", "{readme}"]}  # a copy: the test never edits the README
 # a --budget-ms search runs under a generous budget (one timed build, not six: ~1 min less);
 # fitting configurations onto a tight budget is what the latency_budget benchmark command runs.
@@ -73,6 +75,8 @@ RUN_BY = {OWN_MODEL: "tests/test_own_model.py",  # beside the folder and checkpo
           "benchmarks/kd_epoch.py": "tests/test_readme_benchmarks.py",
           "benchmarks/search_overhead.py": "tests/test_readme_benchmarks.py",
           "benchmarks/depth_latency.py": "tests/test_readme_benchmarks.py",
+          "benchmarks/crash_kills.py": "tests/test_readme_benchmarks.py",
+          "benchmarks/shared_store.py": "tests/test_readme_benchmarks.py",
           "analysis/compare_samplers.py": "tests/test_readme_benchmarks.py"}
 DEFAULT_SEARCH = "frontier-resnet18-digits-b0.02"  # a shrunk search's name when the README gives none
 READS_A_SEARCH = ("analysis/review.py", "benchmarks/latency_budget.py")  # by --experiment / --search
