@@ -114,8 +114,8 @@ def report(state: dict) -> str:
              "|---|---|---|---|---|---|---|",
              f"| {len(kills)} | {len(state['episodes'])} | {unfinished} | {lost} | {twice} | "
              f"{len(problems) - twice - lost} | {differ} |", "",
-             f"{before_record} kill(s) came before the search had written its record (its first seconds of imports "
-             f"and checks): nothing existed to resume, and the same command without --resume started it.", "",
+             f"{before_record} kill(s) came before the search had written its record (its first seconds: imports, "
+             f"checks, Ray's start): nothing existed to resume, and the same command without --resume started it.", "",
              "Kills per window (the last fault point the search had passed; `start`: none yet):", "",
              "| window | kills |", "|---|---|"]
     lines += [f"| {w} | {windows[w]} |" for w in order if windows[w]]

@@ -166,13 +166,9 @@ def run_search(req: SearchRequest) -> int:
     # only one the searcher tells Optuna (search/optuna_search.py). Ray would reject the epoch rows.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     mark_search_group()
-    # From here on the search is resumable: its record names it before anything else is written.
-    record = {"identity": req.identity, "parent_run_id": (req.resume_meta or {}).get("parent_run_id"),
-              "mlflow_uri": req.mlflow_uri}
-    write_json(exp_dir / SEARCH_RECORD, record)
-    # Ray first: a cluster that cannot be joined fails before any teacher training. Its start is mostly
-    # waiting for daemons: import MLflow and open an existing store meanwhile (~2 s of driver CPU; a
-    # store that does not exist yet is not created, so a failed start leaves nothing behind).
+    # Ray first: a cluster that cannot be joined fails before any teacher training, and before anything is
+    # written. Its start is mostly waiting for daemons: import MLflow and open an existing store meanwhile
+    # (~2 s of driver CPU; a store that does not exist yet is not created, so a failed start leaves nothing).
     with ThreadPoolExecutor(1) as pool:
         store_ready = pool.submit(warm_store, req.mlflow_uri, name)
         print(start_or_join(a.address, os.cpu_count() or 1, None, a.dashboard), flush=True)
@@ -180,6 +176,10 @@ def run_search(req: SearchRequest) -> int:
     tracker = None
     status = "FAILED"
     try:
+        # From here on the search is resumable: its record names it before any store is written.
+        record = {"identity": req.identity, "parent_run_id": (req.resume_meta or {}).get("parent_run_id"),
+                  "mlflow_uri": req.mlflow_uri}
+        write_json(exp_dir / SEARCH_RECORD, record)
         setup, teacher = build_setup(req, device)
         tracker, parent = open_tracking(req, teacher)
         write_json(exp_dir / SEARCH_RECORD, {**record, "parent_run_id": parent})
