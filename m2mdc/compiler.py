@@ -7,10 +7,15 @@ Recipes:
 * ``fractions`` (a search's default): block pruning by the teacher's cached MI scores, planes and
   mid widths as fractions of the full widths, the three edits in the sampled ``order``, each
   followed by a KD repair, then optional sparsity and QAT (each followed by KD, in ``tail_order``).
-  The final architecture is known before training, so a configuration over ``budget_gmacs`` is
-  *projected* onto it: every width fraction is scaled by one factor s in (0, 1], the largest that
-  fits (bisection). Only a configuration whose kept blocks cannot fit even at one channel per
-  group is infeasible; it compiles to no plan, and the search reports it to the sampler.
+  The final architecture is known before training, so it is *projected* onto its cost target
+  (``budget_gmacs`` x the ``cost_target`` knob): a configuration over the target has every width
+  fraction scaled by one factor s in (0, 1], the largest that fits (bisection); with
+  ``project="both"`` one under its target is scaled up too, s > 1, towards the teacher's widths, and
+  the last conv groups a common factor leaves unspent are filled in (within 2 % of the target). The
+  fractions then say the shape, the target the cost. A configuration that reaches full width under
+  its target stays there (``full_width``, ``under_target``): never stretched past the teacher. Only a
+  configuration whose kept blocks cannot fit even at one channel per group is infeasible; it
+  compiles to no plan, and the search reports it to the sampler.
 * ``allocator``: the information-guided allocator (m2mdc.allocate) spends the budget, split
   between depth and width by ``depth_share``.
 * ``m2mdc``, ``m2mdc+qat`` and the PQD orders: the papers' named plans (m2mdc.presets).
@@ -119,10 +124,18 @@ class CompiledPlan:
     # the configuration before projection (None when no latency budget)
     latency: dict | None = None
     violation: float = 0.0  # infeasible: how far over a budget the configuration stays (relative, > 0)
+    target_gmacs: float | None = None  # the cost the widths were projected onto (budget x cost_target)
+    full_width: bool = False  # every width is the teacher's: a configuration under its target stays there
 
     @property
     def projected(self) -> bool:
-        return self.width_scale < 1.0
+        return self.width_scale != 1.0
+
+    @property
+    def under_target(self) -> bool:
+        """Projected up as far as it goes (every width full) and still under its cost target: the case of
+        a deep cut whose kept blocks cost less than the target at the teacher's widths."""
+        return self.full_width and self.target_gmacs is not None and self.gmacs < self.target_gmacs * 0.98
 
     @property
     def kd_steps(self) -> int:
@@ -136,7 +149,8 @@ class CompiledPlan:
 
 def compile_config(config: dict, target: Target, *, recipe: str = "fractions", budget_gmacs: float | None = None,
                    training: dict | None = None, bins: int = 10, probe_samples: int = 5000,
-                   budget_ms: float | None = None, latency: Callable[[dict, bool], dict] | None = None) -> CompiledPlan:
+                   budget_ms: float | None = None, latency: Callable[[dict, bool], dict] | None = None,
+                   project: str = "down") -> CompiledPlan:
     """The plan of ``config`` (knob name -> value; missing knobs take the table's defaults).
 
     ``training``: the KD repairs' budget (epochs, steps_per_epoch, batch_size, seed) and, for the
@@ -144,7 +158,11 @@ def compile_config(config: dict, target: Target, *, recipe: str = "fractions", b
     ``block_scores`` were computed with. ``budget_ms`` with ``latency`` (an m2mdc.arch_latency.ArchLatency:
     keep_cfg, int8 -> measured latency as shipped): the final architecture's latency must fit too;
     the fractions recipe projects onto it by width scaling, the others are rejected when over it.
+    ``project``: "down" scales the fractions recipe's widths only when over its cost target (budget x
+    ``cost_target``); "both" also scales a configuration under its target up, towards full width.
     """
+    if project not in ("down", "both"):
+        raise ValueError(f"project must be 'down' or 'both', not {project!r}")
     if budget_ms is not None and latency is None:
         raise ValueError("a latency budget needs a latency function (m2mdc.arch_latency.ArchLatency)")
     if recipe not in RECIPES:
@@ -157,7 +175,7 @@ def compile_config(config: dict, target: Target, *, recipe: str = "fractions", b
     kd = {**training, **step_settings(v, "kd")}
     mi = {"bins": bins, "probe_samples": probe_samples}
     if recipe == "fractions":
-        out = _fractions(v, target, budget_gmacs, kd, mi, budget_ms, latency)
+        out = _fractions(v, target, budget_gmacs, kd, mi, budget_ms, latency, project)
     elif recipe == "allocator":
         out = _allocator(v, target, budget_gmacs, kd, mi)
     elif recipe in PQD_ORDERS:
@@ -198,15 +216,33 @@ def tail_steps(v: dict, kd: dict) -> list[dict]:
     return [s for c in v["tail_order"] for s in parts[c]]
 
 
-def fraction_widths(cost: CostModel, planes: dict[str, float], mid: float, scale: float) -> dict[str, int]:
+def fraction_widths(cost: CostModel, planes: dict[str, float], mid: float, scale: float,
+                    exact: bool = False) -> dict[str, int]:
     """Knob widths for planes fractions (per stage), one mid fraction, all scaled by ``scale`` (whole conv
-    groups where a grouped conv reads the group)."""
+    groups where a grouped conv reads the group); ``exact``: the unrounded widths, capped at full."""
     out = {}
     for knob, full in cost.full_knob_widths.items():
         kind, _, owner = knob.partition(":")
         frac = planes[owner] if kind == "planes" else mid
-        out[knob] = keep_width(full, frac * scale, cost.quantum[knob])
+        out[knob] = min(full, frac * scale * full) if exact else keep_width(full, frac * scale, cost.quantum[knob])
     return out
+
+
+def _fill(cost: CostModel, kept: frozenset, widths: dict[str, int], wanted: dict[str, float],
+          limit: float) -> dict[str, int]:
+    """Grow the widths one conv group at a time, the knob furthest below its wanted (unrounded) width first,
+    while the cost fits ``limit``: one common scale, rounded per knob, can leave a few percent of a small
+    target unspent; this spends it without changing the shape by more than a rounding step."""
+    widths = dict(widths)
+    active = [k for k in cost.knobs if cost.knob_block[k] is None or cost.knob_block[k] in kept]
+    while True:
+        for k in sorted(active, key=lambda k: (widths[k] - wanted[k]) / cost.full_knob_widths[k]):
+            grown = widths[k] + cost.quantum[k]
+            if grown <= cost.full_knob_widths[k] and cost.macs_of(kept, {**widths, k: grown}) <= limit:
+                widths[k] = grown
+                break
+        else:
+            return widths
 
 
 def _planes_fractions(v: dict, cost: CostModel) -> dict[str, float]:
@@ -235,8 +271,20 @@ def global_widths(cost: CostModel, kept: frozenset, scores: dict, keep_frac: flo
     return widths
 
 
+def _largest_fitting(cost_at: Callable[[float], float], lo: float, hi: float, limit: float) -> float:
+    """The largest scale in [lo, hi) whose cost fits ``limit``, by bisection (cost grows with the scale;
+    ``lo`` fits, ``hi`` does not)."""
+    for _ in range(BISECTION_STEPS):
+        m = (lo + hi) / 2
+        if cost_at(m) <= limit:
+            lo = m
+        else:
+            hi = m
+    return lo
+
+
 def _fractions(v: dict, target: Target, budget_gmacs: float | None, kd: dict, mi: dict,
-               budget_ms: float | None = None, latency=None) -> CompiledPlan:
+               budget_ms: float | None = None, latency=None, project: str = "down") -> CompiledPlan:
     adapter, teacher, cost = target.adapter, target.teacher, target.cost
     pruned = select_blocks_to_prune(target.scores(), adapter, teacher, float(v["prune_ratio"]))
     keep_blocks = keep_blocks_after(adapter, teacher, pruned)
@@ -257,19 +305,20 @@ def _fractions(v: dict, target: Target, budget_gmacs: float | None, kd: dict, mi
             return fraction_widths(cost, planes, mid, scale)
     sampled = cost.macs_of(kept, widths_at(1.0))
     budget_macs = budget_gmacs * 1e9 if budget_gmacs is not None else float("inf")
+    target_macs = budget_macs * float(v["cost_target"])
+    # the scale at which every width is full: past it nothing grows (fractions are shares of the teacher's widths)
+    full_scale = 1.0 / max(1e-9, total if v["ranking"] == "global" else min(min(planes.values()), mid))
     scale, feasible = 1.0, True
-    if sampled > budget_macs:
-        lo, hi = 0.0, 1.0  # invariant: scale lo fits (checked below), hi does not
-        if cost.macs_of(kept, widths_at(0.0)) > budget_macs:
+    if sampled > target_macs:
+        if cost.macs_of(kept, widths_at(0.0)) > target_macs:
             feasible = False
         else:
-            for _ in range(BISECTION_STEPS):
-                m = (lo + hi) / 2
-                if cost.macs_of(kept, widths_at(m)) <= budget_macs:
-                    lo = m
-                else:
-                    hi = m
-            scale = lo
+            scale = _largest_fitting(lambda s: cost.macs_of(kept, widths_at(s)), 0.0, 1.0, target_macs)
+    elif project == "both" and sampled < target_macs < float("inf"):
+        if cost.macs_of(kept, widths_at(full_scale)) <= target_macs:  # full width stays under the target:
+            scale = full_scale  # recorded at the cost it reaches, never stretched past the teacher's widths
+        else:
+            scale = _largest_fitting(lambda s: cost.macs_of(kept, widths_at(s)), 1.0, full_scale, target_macs)
     lat = None
     if feasible and budget_ms is not None:
         int8 = bool(v["qat"])
@@ -286,12 +335,16 @@ def _fractions(v: dict, target: Target, budget_gmacs: float | None, kd: dict, mi
                                        f"{budget_ms:g} ms budget"])
         scale = fitted
     widths = widths_at(scale)
+    if feasible and project == "both" and lat is None and v["ranking"] != "global":
+        wanted = fraction_widths(cost, planes, mid, scale, exact=True)
+        widths = _fill(cost, kept, widths, wanted, target_macs)
     keep_cfg = cost.keep_cfg(kept, widths)
     gmacs = cost.macs_of(kept, widths) / 1e9
     if not feasible:
         return CompiledPlan([], keep_cfg, gmacs, sampled / 1e9, 0.0, feasible=False,
-                            violation=gmacs / budget_gmacs - 1.0,
-                            notes=[f"{len(kept)} kept blocks exceed the budget even at one channel per group"])
+                            violation=gmacs / (target_macs / 1e9) - 1.0, target_gmacs=target_macs / 1e9,
+                            notes=[f"{len(kept)} kept blocks exceed the cost target {target_macs / 1e9:.4g} GMACs "
+                                   f"even at one channel per group"])
     cut = {kind: any(widths[k] < cost.full_knob_widths[k] for k in widths if k.startswith(kind + ":"))
            for kind in ("planes", "mid")}
     edits = {
@@ -300,7 +353,10 @@ def _fractions(v: dict, target: Target, budget_gmacs: float | None, kd: dict, mi
         "m": [{"step": "widths", "keep_cfg": {"mid": dict(keep_cfg["mid"])}, **ranking}] if cut["mid"] else [],
     }
     plan = scheduled([s for c in v["order"] for s in edits[c]], v, kd)
-    return CompiledPlan(plan, keep_cfg, gmacs, sampled / 1e9, scale, latency=lat)
+    return CompiledPlan(plan, keep_cfg, gmacs, sampled / 1e9, scale, latency=lat,
+                        target_gmacs=target_macs / 1e9 if budget_gmacs is not None else None,
+                        full_width=all(widths[k] == cost.full_knob_widths[k] for k in cost.knobs
+                                       if cost.knob_block[k] is None or cost.knob_block[k] in kept))
 
 
 LATENCY_BAND = 0.05  # the projection stops once the latency is within this share under the budget

@@ -92,6 +92,9 @@ KNOBS: dict[str, Knob] = {k.name: k for k in (
     choice("ranking", RANKINGS, "stage", "stage: widths from the per-stage / per-block fractions; global: one "
            "ranking of every channel by its normalised group-L1 importance across stages (Torch-Pruning's global "
            "pruning), keeping the fractions' total", recipes=("fractions",)),
+    number("cost_target", 1.0, "share of the GMACs budget the architecture is projected onto: its widths scale "
+           "down to it or, with compile_config(project='both'), up towards full width, so the other structural "
+           "knobs describe shape alone", 0, 1, lo_open=True, recipes=_FRACTIONS),
 )}
 
 

@@ -162,3 +162,49 @@ def test_width_local_space_trains_full_depth_one_shot_group_l1_plans(data, budge
     assert [s["step"] for s in tp.plan] == ["widths"] * len(edits) + ["kd"] and 1 <= len(edits) <= 2
     assert all(s["signal"] == "group_l1" for s in edits)
     assert tp.plan[-1]["epochs"] == len(edits) * KD["epochs"]
+
+
+def plan_both(cfg, budget):
+    return compile_config(cfg, Target(ADAPTER, TEACHER, COST, SCORES), budget_gmacs=budget, training=KD,
+                          project="both")
+
+
+@settings(max_examples=60, deadline=None)
+@given(cfg=configs, budget=st.floats(0.004, 0.03), share=st.floats(0.3, 1.0))
+def test_projection_both_ways_reaches_the_cost_target_within_two_percent(cfg, budget, share):
+    """project="both" (a search's default): every feasible configuration ends at or under its cost target
+    (budget x cost_target) and within 2 % of it, whether its widths were scaled down or up, unless every
+    width is already the teacher's (then it stays at the cost it reaches). fvcore recounts the cost."""
+    tp = plan_both({**cfg, "cost_target": share}, budget)
+    target = budget * share
+    assert tp.target_gmacs == pytest.approx(target)
+    if not tp.feasible:
+        assert tp.gmacs > target and not tp.plan
+        return
+    assert tp.gmacs <= target
+    assert tp.gmacs >= 0.98 * target or tp.full_width, (tp.gmacs, target, tp.width_scale)
+    assert tp.under_target == (tp.gmacs < 0.98 * target)
+    assert metrics.gmacs(ADAPTER.rebuild(tp.keep_cfg, 10), 32) == pytest.approx(tp.gmacs, abs=1e-12)
+
+
+def test_a_deep_cut_under_its_target_at_full_width_stays_at_full_width():
+    """The deepest cut (one block per stage) at the teacher's widths costs less than a generous target:
+    it is recorded at the cost it reaches, never stretched past full width."""
+    cfg = {"prune_ratio": 0.95, "planes_keep": 0.6, "mid_keep": 0.7}
+    tp = plan_both(cfg, 0.03)
+    assert tp.full_width and tp.under_target and tp.width_scale > 1
+    assert tp.keep_cfg["planes"] == plan_for({**cfg, "planes_keep": 1.0, "mid_keep": 1.0}, None).keep_cfg["planes"]
+    assert tp.gmacs < 0.03 and COST.gmacs(tp.keep_cfg) == tp.gmacs
+    down = plan_for(cfg, 0.03)  # "down" leaves it where the fractions put it
+    assert down.width_scale == 1.0 and down.gmacs < tp.gmacs
+
+
+def test_shape_alone_sets_the_architecture_at_a_given_cost():
+    """Two configurations that differ only in the overall level of their fractions (same shape) reach the
+    same target at nearly the same architecture: the fractions describe shape, the target sets cost."""
+    shape = {"layer1": 1.0, "layer2": 0.8, "layer3": 0.6, "layer4": 0.4}
+    narrow = plan_both({"prune_ratio": 0.3, "planes_keep": {k: v * 0.5 for k, v in shape.items()}, "mid_keep": 0.4},
+                       0.02)
+    wide = plan_both({"prune_ratio": 0.3, "planes_keep": shape, "mid_keep": 0.8}, 0.02)
+    assert narrow.width_scale > 1 > wide.width_scale or narrow.width_scale > wide.width_scale
+    assert narrow.gmacs == pytest.approx(wide.gmacs, rel=0.02) and narrow.gmacs <= 0.02
