@@ -4,13 +4,13 @@ and the report at the end (search/report.py)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from m2mdc.data import Dataset
 from m2mdc.errors import UserError
@@ -254,6 +254,7 @@ def tune_trials(req: SearchRequest, setup, tracker):
             ledger = reconcile(exp_dir, study, tracker, req.objectives, a.budget_gmacs, asha_state)
             print(f"[resume] {len(study.trials)} trials in the study, {len(ledger)} of them ended; re-creating them "
                   f"in order (ended ones report their recorded result without training)", flush=True)
+    quiet_environment_failures(req)
     trainable = tune.with_resources(tune.with_parameters(compression_trial, shared=SharedSetup(setup)),
                                     trial_resources(req))
     reporter = CLIReporter(metric_columns={"val_top1": "val top-1", "gmacs": "GMACs", "epochs_done": "epochs"},
@@ -297,37 +298,24 @@ def report_search(req: SearchRequest, results, tracker, teacher: dict) -> None:
 
 
 def environment_failure(exc: BaseException, req: SearchRequest) -> str | None:
-    """One line for a failure of the machine or a service rather than of the search (None for any other
-    error): what failed, and that ``--resume`` continues once it is mended."""
-    from mlflow.exceptions import MlflowException
+    """One line for a failure of the machine or a service rather than of the search (None for any other error)."""
+    from .outcome import environment_failure as failure
 
-    from .mlflow_store import STORE_FAILURES
-    from .outcome import ENVIRONMENT_ERRNOS, EnvironmentFailure, environment_message
-
-    resume = "then continue with the same command plus --resume"
-    for e in _chain(exc):
-        if isinstance(e, EnvironmentFailure):
-            return f"{e}; {resume}"
-        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
-            return f"{environment_message(e)}; {resume}"
-        if isinstance(e, MlflowException):
-            text = str(e)
-            if any(k in text for k in STORE_FAILURES):
-                why = text.splitlines()[0].removeprefix("(sqlite3.OperationalError) ")[:200]
-                return f"the MLflow store {req.mlflow_uri} cannot be written: {why}; {resume}"
-            if urlparse(req.mlflow_uri).scheme in ("http", "https") and ("Max retries" in text or "Connection" in text):
-                return (f"the MLflow tracking server {req.mlflow_uri} went away mid-search; restart it "
-                        f"(mlflow server ...), {resume}")
-        elif type(e).__module__.split(".")[0] in ("sqlalchemy", "sqlite3") and any(k in str(e) for k in STORE_FAILURES):
-            why = str(e).splitlines()[0].removeprefix("(sqlite3.OperationalError) ")[:200]
-            return f"the Optuna study {req.exp_dir / 'optuna.db'} cannot be written: {why}; {resume}"
-    return None
+    return failure(exc, req.mlflow_uri, req.exp_dir / "optuna.db")
 
 
-def _chain(exc: BaseException):
-    """An exception and its causes (Ray wraps a trial's error; MLflow wraps requests')."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
+class _ReportedInOneLine(logging.Filter):
+    """Drops Ray Tune's traceback of a failure of the machine or a service (a callback that met a full disk
+    or a lost tracking server): the search stops with its one line instead (environment_failure)."""
+
+    def __init__(self, req: SearchRequest):
+        super().__init__()
+        self.req = req
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.exc_info[1] is not None
+                    and environment_failure(record.exc_info[1], self.req) is not None)
+
+
+def quiet_environment_failures(req: SearchRequest) -> None:
+    logging.getLogger("ray.tune.execution.tune_controller").addFilter(_ReportedInOneLine(req))

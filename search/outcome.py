@@ -89,3 +89,41 @@ def replay(trials_dir: Path, trial_id: str) -> dict | None:
         return {"error": closed.get("error") or "failed"} if closed["status"] == FAILED else {"row": closed["row"]}
     final = Path(trials_dir) / f"trial_{trial_id}" / FINAL_RECORD
     return {"row": json.loads(final.read_text())} if final.exists() else None
+
+
+def environment_failure(exc: BaseException, mlflow_uri: str, study_file: Path | None = None) -> str | None:
+    """One line for a failure of the machine or a service rather than of the search (None for any other
+    error): what failed, and that ``--resume`` continues once it is mended."""
+    from urllib.parse import urlparse
+
+    from mlflow.exceptions import MlflowException
+
+    from .mlflow_store import STORE_FAILURES
+
+    resume = "then continue with the same command plus --resume"
+    for e in _chain(exc):
+        if isinstance(e, EnvironmentFailure):
+            return f"{e}; {resume}"
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+            return f"{environment_message(e)}; {resume}"
+        if isinstance(e, MlflowException):
+            text = str(e)
+            if any(k in text for k in STORE_FAILURES):
+                why = text.splitlines()[0].removeprefix("(sqlite3.OperationalError) ")[:200]
+                return f"the MLflow store {mlflow_uri} cannot be written: {why}; {resume}"
+            if urlparse(mlflow_uri).scheme in ("http", "https") and ("Max retries" in text or "Connection" in text):
+                return (f"the MLflow tracking server {mlflow_uri} went away mid-search; restart it "
+                        f"(mlflow server ...), {resume}")
+        elif type(e).__module__.split(".")[0] in ("sqlalchemy", "sqlite3") and any(k in str(e) for k in STORE_FAILURES):
+            why = str(e).splitlines()[0].removeprefix("(sqlite3.OperationalError) ")[:200]
+            return f"the Optuna study {study_file or 'optuna.db'} cannot be written: {why}; {resume}"
+    return None
+
+
+def _chain(exc: BaseException):
+    """An exception and its causes (Ray wraps a trial's error; MLflow wraps requests')."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__

@@ -20,7 +20,8 @@ from m2mdc.objectives import METRICS
 
 from . import faults
 from .mlflow_store import open_client, sqlite_path
-from .outcome import ENVIRONMENT_REPORT, MLFLOW_RUN_STATUS, REPORT_INDEX, EnvironmentFailure, trial_status
+from .outcome import (ENVIRONMENT_REPORT, MLFLOW_RUN_STATUS, REPORT_INDEX, EnvironmentFailure, environment_failure,
+                      trial_status)
 
 FINAL_LOGGED = "final_logged"  # tag set in the same batch as a trial's final metrics
 
@@ -263,21 +264,45 @@ class SearchTracker:
 
 
 class TrialLogger(Callback):
-    """Ray Tune callback: every trial's config, per-epoch metrics and end state into MLflow."""
+    """Ray Tune callback: every trial's config, per-epoch metrics and end state into MLflow.
+
+    A store that fails for the machine's sake (a full disk, a lost tracking server) stops the search: the
+    failure is raised from the next step or result, where it leaves Ray Tune's loop. Raised from a trial's
+    end instead, Ray would mark that trial failed and go on, while Optuna already holds its result."""
 
     def __init__(self, tracker: SearchTracker):
         self.tracker = tracker
+        self.failure: BaseException | None = None
+
+    def _write(self, call, *args, **kwargs) -> None:
+        if self.failure is not None:
+            return
+        try:
+            call(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - only the machine's failures are held back
+            if environment_failure(e, self.tracker.uri) is None:
+                raise
+            self.failure = e
+
+    def _raise_held(self) -> None:
+        if self.failure is not None:
+            raise EnvironmentFailure(environment_failure(self.failure, self.tracker.uri).split("; then")[0]) \
+                from self.failure
+
+    def on_step_begin(self, iteration, trials, **info):
+        self._raise_held()
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.tracker.run_for(trial)
+        self._write(self.tracker.run_for, trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if ENVIRONMENT_REPORT in result:  # raised out of Tuner.fit: the search stops, nothing is recorded
             raise EnvironmentFailure(result[ENVIRONMENT_REPORT])
-        self.tracker.log_result(trial, result)
+        self._write(self.tracker.log_result, trial, result)
+        self._raise_held()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.tracker.end_trial(trial, error=False)
+        self._write(self.tracker.end_trial, trial, error=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.tracker.end_trial(trial, error=True)
+        self._write(self.tracker.end_trial, trial, error=True)
