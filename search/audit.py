@@ -16,11 +16,10 @@ import optuna
 from m2mdc.errors import Parser, UserError, cli
 
 from .early_stop import CollapseStoppingASHA
-from .optuna_search import BUDGET, RAY_ID
+from .optuna_search import RAY_ID, optuna_status
 from .outcome import COMPLETED, FAILED, INFEASIBLE, MLFLOW_RUN_STATUS, STATUSES, STOPPED_EARLY
 from .pareto import non_dominated
 
-TrialState = optuna.trial.TrialState
 RAY_STATUS = {COMPLETED: "TERMINATED", INFEASIBLE: "TERMINATED", STOPPED_EARLY: "TERMINATED", FAILED: "ERROR"}
 
 
@@ -32,13 +31,6 @@ def ray_trials(exp_dir: Path) -> dict[str, str]:
     data = json.loads(states[-1].read_text())
     trials = (json.loads(t[0]) for t in data["trial_data"])
     return {t["trial_id"]: t["status"] for t in trials}
-
-
-def optuna_status(trial) -> str | None:
-    """A finished Optuna trial's outcome in the search's vocabulary (None while it is not finished)."""
-    if trial.state == TrialState.COMPLETE:
-        return INFEASIBLE if trial.constraints.get(BUDGET, 0.0) > 0 else COMPLETED
-    return {TrialState.PRUNED: STOPPED_EARLY, TrialState.FAIL: FAILED}.get(trial.state)
 
 
 def audit(exp_dir: Path, client, name: str, num_samples: int | None = None, ended: bool = True) -> list[str]:

@@ -195,6 +195,13 @@ class ParetoSafeOptunaSearch(OptunaSearch):
         faults.point("optuna.told")
 
 
+def optuna_status(trial) -> str | None:
+    """A finished Optuna trial's outcome in the search's vocabulary (None while it is not finished)."""
+    if trial.state == TrialState.COMPLETE:
+        return INFEASIBLE if trial.constraints.get(BUDGET, 0.0) > 0 else COMPLETED
+    return {TrialState.PRUNED: STOPPED_EARLY, TrialState.FAIL: FAILED}.get(trial.state)
+
+
 def constraint_of(frozen_trial) -> float:
     """How far over its budget a finished trial stayed (relative; 0 when it fits)."""
     return float(frozen_trial.constraints.get(BUDGET, 0.0))

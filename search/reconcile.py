@@ -25,16 +25,10 @@ import optuna
 from m2mdc.io import write_json
 
 from .early_stop import CollapseStoppingASHA
-from .optuna_search import BUDGET, OPTUNA_STATE, RAY_ID
-from .outcome import COMPLETED, FAILED, FINAL_RECORD, INFEASIBLE, LEDGER, STATUSES, STOPPED_EARLY
+from .optuna_search import BUDGET, OPTUNA_STATE, RAY_ID, optuna_status
+from .outcome import COMPLETED, FINAL_RECORD, INFEASIBLE, LEDGER, STATUSES, STOPPED_EARLY
 
 TrialState = optuna.trial.TrialState
-
-
-def _optuna_status(trial) -> str | None:
-    if trial.state == TrialState.COMPLETE:
-        return INFEASIBLE if trial.constraints.get(BUDGET, 0.0) > 0 else COMPLETED
-    return {TrialState.PRUNED: STOPPED_EARLY, TrialState.FAIL: FAILED}.get(trial.state)
 
 
 def reconcile(exp_dir: Path, study: optuna.Study, tracker, objectives, budget_gmacs: float,
@@ -50,7 +44,7 @@ def reconcile(exp_dir: Path, study: optuna.Study, tracker, objectives, budget_gm
             continue  # asked, then killed before it was named: re-attached and run as new
         run = runs.get(tid)
         run_status = run.data.tags.get("status") if run is not None else None
-        status = _optuna_status(trial)
+        status = optuna_status(trial)
         if status is None and run_status in STATUSES:  # MLflow closed it (or tagged it, then the crash)
             status = run_status
         if status is None and tid in stopped:  # the scheduler decided; no store heard of it
