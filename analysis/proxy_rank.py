@@ -23,6 +23,7 @@ from m2mdc.io import ensure_writable, out_root, write_json, write_text
 from analysis.study import BUDGETS, execute, machine, results_root
 
 BOOTSTRAP = 2000
+COMPARED = ("short", "long")  # the study budgets re-trained (analysis/proxy_depth.py measures every fidelity)
 
 
 def candidates(client, parent, budget: float, band: float) -> list:
@@ -104,7 +105,7 @@ def main(argv=None):
     for i, trial in enumerate(chosen, 1):
         tid, config = trial.data.tags.get("trial_id"), config_of(trial.data.params)
         vals = {}
-        for b in BUDGETS:
+        for b in COMPARED:
             got = []
             for seed in seeds:
                 print(f"[proxy-rank] {i}/{len(chosen)} trial {tid}: {b} budget, seed {seed}", flush=True)
@@ -125,7 +126,7 @@ def main(argv=None):
     out = ensure_writable(root / "proxy_rank" / a.experiment)
     write_text(out / "proxy_rank.md", md)
     write_json(out / "proxy_rank.json", {"rows": rows, **stats, "seeds": seeds, "budget_gmacs": budget,
-                                         "band": a.band, "budgets": BUDGETS})
+                                         "band": a.band, "budgets": {b: BUDGETS[b] for b in COMPARED}})
     print(md)
     print(f"-> {out}")
     return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from m2mdc.errors import UserError
+from m2mdc.fidelity import ADAPTIVE_BN, LONG, plan_at, split_epochs
 from m2mdc.io import stable_hash, write_json
 
 
@@ -30,7 +31,12 @@ def results_root() -> Path:
     return Path(os.environ.get("M2MDC_RESULTS_DIR") or Path(__file__).resolve().parents[1] / "results")
 
 
-BUDGETS = {"short": {"epochs": 8, "steps_per_epoch": 40}, "long": {"epochs": 8, "steps_per_epoch": None}}
+# total KD epochs spread over a plan's repairs, batches per epoch (None: full passes); "search" gives every
+# repair its own epochs instead (the quick search profile's proxy, per_repair); "adaptive_bn" trains nothing
+BUDGETS = {"short": {"epochs": 8, "steps_per_epoch": 40},
+           "long": {"epochs": LONG.total_epochs, "steps_per_epoch": LONG.steps_per_epoch},
+           "search": {"epochs": 2, "steps_per_epoch": 40, "per_repair": True},
+           "adaptive_bn": {"epochs": 0, "steps_per_epoch": None}}
 # One KD setting for every row of a comparison: the paper's loss (ramped alpha*=beta*=0.1, Adam 1e-4,
 # clip 1.0) plus Hinton's KL term (weight 1, T 4), the strongest repair measured here (shared notes),
 # so no baseline is handicapped by its repair.
@@ -52,11 +58,14 @@ class Run:
     qat: bool = False  # torch-pruning: then INT8 QAT with KD under fake-quant (half the epochs each)
     tuned_kd: bool = False  # keep the configuration's own KD knobs instead of FIXED_KD
     tp_importance: str = "group_l1"  # torch-pruning: group_l1 (magnitude) or group_taylor (probe CE gradient)
+    project: str = "down"  # config: widths projected onto the cost target only from above, or "both" (m2mdc.compiler)
 
     def key(self, teacher_sha: str, budget_gmacs: float) -> str:
         fields = asdict(self)
         if fields["tp_importance"] == "group_l1":  # the default before the field existed: saved keys stay valid
             del fields["tp_importance"]
+        if fields["project"] == "down":  # likewise
+            del fields["project"]
         return stable_hash({**fields, "teacher": teacher_sha, "budget_gmacs": budget_gmacs,
                             "budgets": BUDGETS[self.budget], "fixed_kd": None if self.tuned_kd else FIXED_KD,
                             "version": 1}, 12)
@@ -74,17 +83,6 @@ def teacher_sha(ctx) -> str:
     return h.hexdigest()
 
 
-def split_epochs(plan: list[dict], total: int) -> list[dict]:
-    """``plan`` with ``total`` KD epochs spread over its KD repairs (E // k each, the rest on the last)."""
-    kd_at = [i for i, st in enumerate(plan) if st["step"] == "kd"]
-    plan = [dict(st) for st in plan]
-    for j, i in enumerate(kd_at):
-        plan[i]["epochs"] = total // len(kd_at) + (total % len(kd_at) if j == len(kd_at) - 1 else 0)
-    if any(plan[i]["epochs"] < 1 for i in kd_at):
-        raise UserError(f"{total} KD epochs cannot be shared by {len(kd_at)} repairs")
-    return plan
-
-
 def _kd_knobs(run: Run, config: dict) -> dict:
     from m2mdc.knobs import setting_config
 
@@ -99,11 +97,15 @@ def plan_of(run: Run, target, budget_gmacs: float) -> list[dict]:
     training = {"steps_per_epoch": b["steps_per_epoch"], "seed": run.seed}
     if run.method == "pqd":
         training.update(pqd_epochs=b["epochs"])
+    if b.get("per_repair"):
+        training["epochs"] = b["epochs"]
     compiled = compile_config(_kd_knobs(run, run.config), target, recipe=run.recipe, budget_gmacs=budget_gmacs,
-                              training=training)
+                              training=training, project=run.project)
     if not compiled.feasible:
         raise UserError(f"{run.row}: does not fit {budget_gmacs:g} GMACs ({'; '.join(compiled.notes)})")
-    return compiled.plan if run.method == "pqd" else split_epochs(compiled.plan, b["epochs"])
+    if run.method == "pqd" or b.get("per_repair"):
+        return compiled.plan
+    return plan_at(compiled.plan, ADAPTIVE_BN) if b["epochs"] == 0 else split_epochs(compiled.plan, b["epochs"])
 
 
 def kd_settings(plan: list[dict]) -> dict:

@@ -494,6 +494,12 @@ def depth_ladder(target: Target) -> list[dict]:
             for k in range(len(free) + 1)]
 
 
+def design_point(config: dict, prune_ratio: float, cost_target: float) -> dict:
+    """``config`` with its block-prune ratio and cost target set: the two axes a design over depth and cost
+    stratifies (analysis/proxy_depth.py)."""
+    return {**config, "prune_ratio": float(prune_ratio), "cost_target": float(cost_target)}
+
+
 def thinnest(config: dict) -> dict:
     """``config`` with every width at one channel per group: the floor of its depth."""
     return {**config, "planes_keep": 1e-6, "mid_keep": 1e-6}

@@ -23,5 +23,6 @@ def short_budget(steps: int = SHORT_STEPS) -> dict:
 if __name__ == "__main__":
     study.BUDGETS["short"] = short_budget()  # the one dict every tool reads
     study.BUDGETS["long"] = {**study.BUDGETS["long"], "steps_per_epoch": LONG_STEPS}
+    study.BUDGETS["search"] = {**study.BUDGETS["search"], "steps_per_epoch": SHORT_STEPS}
     sys.argv = sys.argv[1:]
     runpy.run_path(sys.argv[0], run_name="__main__")
