@@ -63,7 +63,18 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("sparsity", "sparsity", "", "fraction of conv + linear weights that are zero", ".2f"),
     Metric("sampled_gmacs", "sampled GMACs", "GMACs", "GMACs of the configuration before the budget projection",
            ".4f"),
-    Metric("width_scale", "width scale", "", "factor every width fraction was scaled by to fit the budget", ".3f"),
+    Metric("width_scale", "width scale", "", "factor every width fraction was scaled by to reach its cost target "
+           "(< 1: down, > 1: up towards the teacher's widths)", ".3f"),
+    Metric("target_gmacs", "target GMACs", "GMACs", "the cost the architecture was projected onto: the budget x the "
+           "configuration's cost_target", ".4f"),
+    Metric("under_target", "under target", "", "true when even the teacher's full widths stay under the cost target "
+           "(a deep cut): recorded at the cost it reaches, never widened past the teacher", kind="tag"),
+    Metric("val_top1_adaptive_bn", "val top-1, no training (%)", "%", "val top-1 right after the structural edits "
+           "with BN recalibrated, before any KD (the adaptive-BN fidelity, m2mdc.fidelity)", ".2f"),
+    Metric("fidelity", "fidelity", "", "the training the row's val top-1 was measured after: short (the search "
+           "profile's repairs) or long (8 full KD epochs; a promoted trial)", kind="tag"),
+    Metric("promoted_from", "promoted from", "", "a promoted trial: the search trial it trained again at the long "
+           "budget", kind="tag"),
     Metric("epochs_done", "epochs", "", "training epochs the trial ran", ".0f", per_epoch=True),
     Metric("train_seconds", "train time (s)", "s", "wall time of the plan", ".0f"),
     Metric("keep_cfg", "keep_cfg", "", "the architecture (rebuilds the model with its adapter)", kind="tag"),

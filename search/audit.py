@@ -19,6 +19,7 @@ from .early_stop import CollapseStoppingASHA
 from .optuna_search import RAY_ID, optuna_status
 from .outcome import COMPLETED, FAILED, INFEASIBLE, MLFLOW_RUN_STATUS, STATUSES, STOPPED_EARLY
 from .pareto import non_dominated
+from .promotion import PROMOTED_FROM, PROMOTIONS
 
 RAY_STATUS = {COMPLETED: "TERMINATED", INFEASIBLE: "TERMINATED", STOPPED_EARLY: "TERMINATED", FAILED: "ERROR"}
 
@@ -61,21 +62,36 @@ def audit(exp_dir: Path, client, name: str, num_samples: int | None = None, ende
     run_ids = [r.data.tags.get("trial_id") for r in children]
     if len(run_ids) != len(set(run_ids)):
         problems.append(f"mlflow: a trial recorded twice: {sorted(run_ids)}")
+    promoted_runs = {r.data.tags.get("trial_id"): r for r in children if PROMOTED_FROM in r.data.tags}
+    listed = exp_dir / PROMOTIONS
+    promoted = {p["trial_id"]: p for p in json.loads(listed.read_text())["promotions"]} if listed.exists() else {}
+    if set(promoted_runs) - set(promoted):
+        problems.append(f"mlflow: promoted run(s) {sorted(set(promoted_runs) - set(promoted))} not in {PROMOTIONS}")
+    for tid, r in promoted_runs.items():
+        if tid in promoted and r.data.tags.get(PROMOTED_FROM) != promoted[tid]["source"]:
+            problems.append(f"trial {tid}: promoted from {r.data.tags.get(PROMOTED_FROM)} in MLflow, from "
+                            f"{promoted[tid]['source']} in {PROMOTIONS}")
+    searched = [r for r in children if PROMOTED_FROM not in r.data.tags]
     if not ended:
-        return problems + _partial(optuna_of, {r.data.tags.get("trial_id"): r for r in children})
+        return problems + _partial(optuna_of, {r.data.tags.get("trial_id"): r for r in searched})
     if parent.info.status != "FINISHED":
         problems.append(f"mlflow: the parent run is {parent.info.status}")
     if any(r.data.tags.get("mlflow.parentRunId") != parent.info.run_id for r in children):
         problems.append("mlflow: a trial run under another parent")
     run_of = {r.data.tags.get("trial_id"): r for r in children}
-    ray = ray_trials(exp_dir)
-    if not (set(ray) == set(optuna_of) == set(run_of)):
-        problems.append(f"trial sets differ: ray {sorted(ray)}, optuna {sorted(optuna_of)}, mlflow {sorted(run_of)}")
+    ray = {**ray_trials(exp_dir), **ray_trials(exp_dir / "promotion")}
+    if not (set(ray) == set(optuna_of) | set(promoted) == set(run_of)):
+        problems.append(f"trial sets differ: ray {sorted(ray)}, optuna {sorted(optuna_of)}, promoted "
+                        f"{sorted(promoted)}, mlflow {sorted(run_of)}")
     if num_samples is not None and len(optuna_of) != num_samples:
         problems.append(f"{len(optuna_of)} trials, {num_samples} requested")
     asha = exp_dir / "asha-rungs.json"
     stopped = CollapseStoppingASHA.stopped(asha) if asha.exists() else None
-    for tid in sorted(set(ray) | set(optuna_of) | set(run_of)):
+    for tid in sorted(set(promoted) & set(run_of)):
+        run, status = run_of[tid], run_of[tid].data.tags.get("status")
+        if status not in STATUSES or run.info.status != MLFLOW_RUN_STATUS[status] or ray.get(tid) != RAY_STATUS[status]:
+            problems.append(f"promoted trial {tid}: mlflow says {status} ({run.info.status}), Ray says {ray.get(tid)}")
+    for tid in sorted((set(ray) | set(optuna_of) | set(run_of)) - set(promoted)):
         trial, run = optuna_of.get(tid), run_of.get(tid)
         said = {"optuna": optuna_status(trial) if trial else None,
                 "mlflow": run.data.tags.get("status") if run else None}
@@ -91,8 +107,13 @@ def audit(exp_dir: Path, client, name: str, num_samples: int | None = None, ende
         if stopped is not None and (status == STOPPED_EARLY) != (tid in stopped):
             problems.append(f"trial {tid}: {status}, {'' if tid in stopped else 'not '}in the scheduler's stop record")
     objectives = parent.data.tags.get("objectives", "val_top1,gmacs").split(",")
-    done = [{"id": r.data.tags["trial_id"], **r.data.metrics} for r in children
-            if r.data.tags.get("status") == COMPLETED]
+    # each configuration at the highest fidelity it completed: a completed promotion stands for its source
+    done = {r.data.tags["trial_id"]: {"id": r.data.tags["trial_id"], **r.data.metrics} for r in searched
+            if r.data.tags.get("status") == COMPLETED}
+    for r in promoted_runs.values():
+        if r.data.tags.get("status") == COMPLETED and r.data.tags.get(PROMOTED_FROM) in done:
+            done[r.data.tags[PROMOTED_FROM]] = {"id": r.data.tags["trial_id"], **r.data.metrics}
+    done = list(done.values())
     lacking = [r["id"] for r in done if any(o not in r for o in objectives)]
     if lacking:
         problems.append(f"completed trial(s) {lacking} lack an objective's metric in MLflow")

@@ -35,10 +35,13 @@ class Profile:
     probe_samples: int
     teacher_epochs: int | None  # None = the teacher recipe's default
     n_startup: int  # random trials before the model-based sampler takes over
+    promote: int = 1  # trials per cost band trained again at the long budget (search/promotion.py)
+    long_steps: int | None = None  # batches per epoch of the long budget (None: full passes; smoke: a few)
 
 
 PROFILES = {
-    "smoke": Profile(num_samples=4, kd_epochs=1, steps_per_epoch=3, probe_samples=500, teacher_epochs=5, n_startup=2),
+    "smoke": Profile(num_samples=4, kd_epochs=1, steps_per_epoch=3, probe_samples=500, teacher_epochs=5, n_startup=2,
+                     promote=0, long_steps=3),
     "quick": Profile(num_samples=12, kd_epochs=2, steps_per_epoch=40, probe_samples=5000,
                      teacher_epochs=None, n_startup=4),
     "paper": Profile(num_samples=64, kd_epochs=5, steps_per_epoch=None, probe_samples=5000,
@@ -67,6 +70,7 @@ class SearchRequest:
     identity: dict  # what --resume must match
     resume_meta: dict | None  # search.json of the search being resumed
     seeded: int = 0  # the first points are seeded baselines: never stopped early
+    point_origins: tuple[str, ...] | list[str] = ()  # origin label of each point (seeded baseline, prior, given)
 
 
 def warm_store(uri: str, experiment: str) -> None:
@@ -114,7 +118,8 @@ def build_setup(req: SearchRequest, device):
                         channel_scores=dict(ch_scores), measure_latency="latency_ms" in req.objectives,
                         threads=max(1, int(req.cpus)), use_gpu=a.gpus_per_trial > 0, quiet=a.quiet,
                         trials_dir=str(req.exp_dir), budget_ms=a.budget_ms, latency_batch=a.latency_batch,
-                        latency_threads=a.latency_threads, latency_cache=str((req.root / "latency").resolve()))
+                        latency_threads=a.latency_threads, latency_cache=str((req.root / "latency").resolve()),
+                        project=a.projection, long_steps=prof.long_steps)
     return setup, teacher
 
 
@@ -152,6 +157,7 @@ def run_search(req: SearchRequest) -> int:
 
     from .faults import mark_search_group
     from .ray_cluster import start_or_join
+    from .report import collect_rows
 
     a, exp_dir, name = req.args, req.exp_dir, req.name
     device = pick_device(a.device)
@@ -190,7 +196,17 @@ def run_search(req: SearchRequest) -> int:
             print(f"search interrupted with {ended} of {req.num_samples} trials finished; "
                   f"continue with the same command plus --resume", file=sys.stderr)
             return 130
-        report_search(req, results, tracker, teacher)
+        rows = collect_rows(results, tracker, exp_dir)
+        promoted = promote_trials(req, setup, tracker, rows)
+        if promoted is not None:
+            ended = promoted.num_terminated + promoted.num_errors
+            if ended < len(promoted):
+                status = "KILLED"
+                print(f"search interrupted with {ended} of {len(promoted)} promoted trials finished; "
+                      f"continue with the same command plus --resume", file=sys.stderr)
+                return 130
+            rows += collect_rows(promoted, tracker, exp_dir)
+        report_search(req, rows, tracker, teacher)
         status = "FINISHED"
         return 0
     except Exception as e:  # noqa: BLE001 - only a failing environment is turned into one line
@@ -224,12 +240,60 @@ def open_tracking(req: SearchRequest, teacher: dict):
     return tracker, parent
 
 
+def trial_runner(req: SearchRequest, setup, tracker, experiment: str, storage: Path):
+    """The trainable and run config every Ray Tune experiment of the search shares."""
+    from ray import tune
+    from ray.tune import CLIReporter
+
+    from .tracking import TrialLogger
+    from .trainable import SharedSetup, compression_trial
+
+    trainable = tune.with_resources(tune.with_parameters(compression_trial, shared=SharedSetup(setup)),
+                                    trial_resources(req))
+    reporter = CLIReporter(metric_columns={"val_top1": "val top-1", "gmacs": "GMACs", "epochs_done": "epochs"},
+                           max_report_frequency=60, sort_by_metric=False)
+    run_config = tune.RunConfig(name=experiment, storage_path=str(storage), callbacks=[TrialLogger(tracker)],
+                                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                                verbose=1, progress_reporter=reporter)
+    return trainable, run_config
+
+
+def promote_trials(req: SearchRequest, setup, tracker, rows: list[dict]):
+    """The promotion rung (search/promotion.py): the best of each cost band trained again at the long
+    budget, as a second Ray Tune experiment of the search (OUT/search/NAME/promotion), FIFO, every trial
+    under its fixed id. None when nothing is promoted."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from .optuna_search import origins
+    from .promotion import PromotionGenerator, PromotionSearcher, promotions
+
+    a = req.args
+    if a.promote == 0:
+        return None
+    study = optuna.load_study(study_name=req.name, storage=f"sqlite:///{req.exp_dir / 'optuna.db'}")
+    chosen = promotions(req.exp_dir, rows, a.budget_gmacs, a.promote, a.bands, origins(study))
+    if not chosen:
+        print("[promotion] no completed trial to promote", flush=True)
+        return None
+    print(f"[promotion] {len(chosen)} trial(s) to the long budget (the {a.promote} best by val of each of "
+          f"{a.bands} cost bands): {', '.join(c['source'] for c in chosen)}", flush=True)
+    trainable, run_config = trial_runner(req, setup, tracker, "promotion", req.exp_dir)
+    searcher = PromotionSearcher(chosen)
+    generator = PromotionGenerator(searcher, a.max_concurrent)
+    tuner = tune.Tuner(trainable, run_config=run_config,
+                       tune_config=tune.TuneConfig(search_alg=generator, scheduler=FIFOScheduler(),
+                                                   num_samples=len(chosen), reuse_actors=True,
+                                                   trial_dirname_creator=lambda tr: f"trial_{tr.trial_id}"))
+    return tuner.fit()
+
+
 def tune_trials(req: SearchRequest, setup, tracker):
     """Run the trials with Ray Tune. On resume, the stores are reconciled first and Ray's trial table is
     rebuilt from the study (search/reconcile.py); Ray's own experiment checkpoint is not read."""
     import optuna
     from ray import tune
-    from ray.tune import CLIReporter
     from ray.tune.schedulers import FIFOScheduler
 
     from m2mdc.compiler import cohort, max_reports
@@ -239,8 +303,6 @@ def tune_trials(req: SearchRequest, setup, tracker):
     from .optuna_search import ParetoSafeOptunaSearch, StudyOrderGenerator, make_sampler
     from .outcome import REPORT_INDEX
     from .reconcile import reconcile
-    from .tracking import TrialLogger
-    from .trainable import SharedSetup, compression_trial
 
     a, exp_dir, name, space = req.args, req.exp_dir, req.name, req.space
     storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / 'optuna.db'}")
@@ -255,17 +317,12 @@ def tune_trials(req: SearchRequest, setup, tracker):
             print(f"[resume] {len(study.trials)} trials in the study, {len(ledger)} of them ended; re-creating them "
                   f"in order (ended ones report their recorded result without training)", flush=True)
     quiet_environment_failures(req)
-    trainable = tune.with_resources(tune.with_parameters(compression_trial, shared=SharedSetup(setup)),
-                                    trial_resources(req))
-    reporter = CLIReporter(metric_columns={"val_top1": "val top-1", "gmacs": "GMACs", "epochs_done": "epochs"},
-                           max_report_frequency=60, sort_by_metric=False)
-    run_config = tune.RunConfig(name=name, storage_path=str(exp_dir.parent), callbacks=[TrialLogger(tracker)],
-                                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                                verbose=1, progress_reporter=reporter)
+    trainable, run_config = trial_runner(req, setup, tracker, name, exp_dir.parent)
     searcher = ParetoSafeOptunaSearch(
         space=space.param_space(), metric=list(req.objectives), mode=directions(req.objectives),
         sampler=make_sampler(a.sampler, a.search_seed, req.profile.n_startup), storage=storage,
-        study_name=name, points_to_evaluate=req.points or None, budget_gmacs=a.budget_gmacs)
+        study_name=name, points_to_evaluate=req.points or None, budget_gmacs=a.budget_gmacs,
+        sampler_name=a.sampler, point_origins=req.point_origins)
     reports = max_reports(setup.target(), space.mode, a.budget_gmacs, req.training)
     scheduler = FIFOScheduler() if a.no_asha else CollapseStoppingASHA(
         time_attr=REPORT_INDEX, metric="val_top1", mode="max", max_t=reports,
@@ -279,20 +336,32 @@ def tune_trials(req: SearchRequest, setup, tracker):
     return tuner.fit()
 
 
-def report_search(req: SearchRequest, results, tracker, teacher: dict) -> None:
-    """The end of a search: tables and plots beside the experiment, Pareto tags and members in MLflow."""
-    from .report import collect_rows, counts, front_of, pareto_markdown, write_outputs
+def report_search(req: SearchRequest, rows: list[dict], tracker, teacher: dict) -> None:
+    """The end of a search: tables and plots beside the experiment, Pareto tags and members in MLflow. The
+    front is read at the highest fidelity each configuration reached (search/promotion.py)."""
+    import optuna
+
+    from .optuna_search import origins
+    from .promotion import PROMOTED_FROM, highest_fidelity
+    from .report import counts, front_of, pareto_markdown, write_outputs
 
     a = req.args
-    rows = collect_rows(results, tracker)
-    front = front_of(rows, req.objectives)
-    n = counts(rows)
+    study = optuna.load_study(study_name=req.name, storage=f"sqlite:///{req.exp_dir / 'optuna.db'}")
+    origin = origins(study)
+    for r in rows:
+        r["origin"] = origin.get(r["config"].get(PROMOTED_FROM, r["trial_id"]), "")
+    front = front_of(highest_fidelity(rows), req.objectives)
+    searched = [r for r in rows if PROMOTED_FROM not in r["config"]]
+    n = counts(searched)
+    promoted = len(rows) - len(searched)
     files = write_outputs(rows, front, req.objectives, req.exp_dir, a.budget_gmacs, teacher,
-                          f"{a.arch} / {req.ds.name}: {n['completed']} finished trials", budget_ms=a.budget_ms)
+                          f"{a.arch} / {req.ds.name}: {n['completed']} finished trials"
+                          + (f", {promoted} promoted to the long budget" if promoted else ""), budget_ms=a.budget_ms)
     tracker.finish(rows, {r["trial_id"] for r in front}, files,
-                   {**{f"trials_{k}": v for k, v in n.items()}, "pareto_size": len(front)})
-    print(f"\nPareto set ({len(front)} of {n['completed']} finished trials; {n['stopped_early']} stopped early, "
-          f"{n['failed']} failed, {n['infeasible']} infeasible):")
+                   {**{f"trials_{k}": v for k, v in n.items()}, "pareto_size": len(front), "trials_promoted": promoted})
+    print(f"\nPareto set ({len(front)} of {n['completed']} finished trials, each at the highest fidelity it reached; "
+          f"{n['stopped_early']} stopped early, {n['failed']} failed, {n['infeasible']} infeasible, {promoted} "
+          f"promoted):")
     print(pareto_markdown(front, req.objectives))
     print(f"outputs: {req.exp_dir}  |  review: mlflow ui --backend-store-uri {req.mlflow_uri}")
 

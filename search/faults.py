@@ -33,6 +33,7 @@ POINTS = {
     "mlflow.final_logged": "MLflow holds the final metrics; Optuna and Ray do not",
     "optuna.told": "Optuna closed the trial; MLflow's run and Ray's experiment checkpoint lag",
     "mlflow.closed": "all stores closed the trial but Ray's experiment checkpoint",
+    "promotion": "the promotion list is written; no promoted trial has started",
     "report.pareto_tags": "during the final report: some runs tagged pareto=true/false, others not",
     "mlflow.member_artifacts": "while MLflow logs a Pareto member's model artefacts",
     "search.finished": "the parent run is closed; the process has not exited",

@@ -71,6 +71,14 @@ def build_parser() -> Parser:
                    "and global, M2M-DC at the budget) and the space's deepest block cut at full width; they are never "
                    "stopped early (default on)")
     g.add_argument("--search-seed", type=int, default=0, help="seed of the sampler")
+    g.add_argument("--projection", default="both", choices=("both", "down"), help="both (default): every trial's "
+                   "widths are scaled onto its cost target (budget x cost_target), up towards the teacher's as well "
+                   "as down; down: only configurations over it are scaled (the behaviour before cost targets)")
+    g.add_argument("--promote", type=int, default=None, help="after the trials, the K best (by short-fidelity val) "
+                   "of each cost band are trained again at the long budget, 8 full KD epochs, and the front is read "
+                   "at the highest fidelity each member reached (default: the profile's, 1; smoke 0; 0 = none)")
+    g.add_argument("--bands", type=int, default=3, help="cost bands promotion picks from, equal on a log scale "
+                   "between 0.3 and 1.0 of the budget (default 3: around 0.3, 0.56 and 1.0)")
     o = p.add_argument_group("operations")
     o.add_argument("--name", default=None, help="search name (default frontier-ARCH-DATASET-bBUDGET)")
     o.add_argument("--resume", action="store_true", help="continue the interrupted search of that name")
@@ -234,6 +242,9 @@ def main(argv=None):
     check_range("--max-concurrent", a.max_concurrent, 1, 10 ** 4)
     check_range("--stop-fraction", a.stop_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
     check_range("--asha-min-trials", a.asha_min_trials, 1, 10 ** 6)
+    a.promote = prof.promote if a.promote is None else a.promote
+    check_range("--promote", a.promote, 0, 1000)
+    check_range("--bands", a.bands, 1, 100)
     kd_epochs = a.kd_epochs if a.kd_epochs is not None else prof.kd_epochs
     check_range("--kd-epochs", kd_epochs, 1, 10 ** 4)
     steps = prof.steps_per_epoch if a.steps_per_epoch is None else (a.steps_per_epoch or None)
@@ -258,6 +269,11 @@ def main(argv=None):
     fit = num_samples - len(given)  # a point the trial budget cannot run would wait in the study forever
     skipped += [f"seeded point {n!r} skipped: --num-samples {num_samples} leaves no trial for it"
                 for n in list(seeded)[fit:]]
+    from m2mdc.compiler import SHALLOWEST
+    from search.optuna_search import origin_label
+
+    origins = [origin_label("prior" if n == SHALLOWEST else "seeded baseline", n) for n in list(seeded)[:fit]]
+    origins += [origin_label("given", f"--points entry {i}") for i in range(len(given))]
     seeded = list(seeded.values())[:fit]
     for line in skipped:
         print(line, flush=True)
@@ -284,7 +300,8 @@ def main(argv=None):
     meta_path = exp_dir / SEARCH_RECORD
     identity = {"space_digest": space.digest, "arch": a.arch, "dataset": ds.name, "budget_gmacs": a.budget_gmacs,
                 "profile": a.profile, "objectives": a.objectives, "sampler": a.sampler, "num_samples": num_samples,
-                "kd_epochs": kd_epochs, "steps_per_epoch": steps, "teacher": repr(recipe)}
+                "kd_epochs": kd_epochs, "steps_per_epoch": steps, "teacher": repr(recipe),
+                "projection": a.projection, "promote": a.promote, "bands": a.bands}
     if a.budget_ms is not None:
         from m2mdc.arch_latency import machine
 
@@ -324,7 +341,7 @@ def main(argv=None):
         latency_check.save_to(root / "latency")  # the startup measurements, kept now that the search starts
     return run_search(SearchRequest(a, name, root, exp_dir, space, points, ds, recipe, prof,
                                     OBJECTIVE_SETS[a.objectives], num_samples, training, cpus, mlflow_uri, identity,
-                                    meta, seeded=len(seeded)))
+                                    meta, seeded=len(seeded), point_origins=origins))
 
 
 def exit_without_final_gc(rc) -> None:

@@ -105,17 +105,33 @@ def make_sampler(name: str, seed: int, n_startup: int = 4):
     return sampler
 
 
+ORIGIN = "origin"  # user attribute: where a trial's configuration came from (origin_label)
+
+
+def origin_label(kind: str, name: str) -> str:
+    """An origin as tables print it: "seeded baseline: NAME", "prior: NAME", "given: NAME" (an enqueued
+    point), or "sampled (SAMPLER #N)"."""
+    return f"{kind}: {name}" if kind != "sampled" else f"sampled ({name})"
+
+
 class ParetoSafeOptunaSearch(OptunaSearch):
-    def __init__(self, *args, budget_gmacs: float, **kwargs):
-        super().__init__(*args, **kwargs)
+    """``point_origins``: the origin label of each of ``points_to_evaluate`` (seeded baseline, prior or
+    given), stored with the enqueued trial, so the study itself says which trials the sampler drew."""
+
+    def __init__(self, *args, budget_gmacs: float, sampler_name: str = "", point_origins: list[str] | None = None,
+                 **kwargs):
         self.budget_gmacs = budget_gmacs
+        self.sampler_name = sampler_name
+        self.point_origins = list(point_origins or [])  # read by _setup_study, which the base __init__ calls
+        super().__init__(*args, **kwargs)
 
     def _setup_study(self, mode):
         points, self._points_to_evaluate = self._points_to_evaluate, None
         super()._setup_study(mode)
         self._points_to_evaluate = points
-        for point in points or ():  # a resumed study holds them already (as trials in any state)
-            self._ot_study.enqueue_trial(point, skip_if_exists=True)
+        for i, point in enumerate(points or ()):  # a resumed study holds them already (as trials in any state)
+            origin = self.point_origins[i] if i < len(self.point_origins) else origin_label("given", f"point {i}")
+            self._ot_study.enqueue_trial(point, user_attrs={ORIGIN: origin}, skip_if_exists=True)
 
     # ---- the study as the truth -----------------------------------------------------------
     def _unattached(self) -> list:
@@ -142,13 +158,16 @@ class ParetoSafeOptunaSearch(OptunaSearch):
             faults.point("searcher.asked")
             trial.set_user_attr(RAY_ID, trial_id)
             fixed = "fixed_params" in self._ot_study._storage.get_trial_system_attrs(trial._trial_id)
-            trial.set_user_attr("origin", "enqueued" if fixed else "sampled")
+            if not fixed:  # an enqueued trial carries the origin it was enqueued with
+                trial.set_user_attr(ORIGIN, origin_label("sampled", f"{self.sampler_name} #{trial.number}"))
         return config
 
     def _attach(self, trial_id: str, frozen) -> None:
         self._ot_trials[trial_id] = optuna.Trial(self._ot_study, frozen._trial_id)
         if frozen.state == TrialState.RUNNING and frozen.user_attrs.get(RAY_ID) != trial_id:
             self._ot_trials[trial_id].set_user_attr(RAY_ID, trial_id)  # asked, then killed before naming it
+        if frozen.state == TrialState.RUNNING and ORIGIN not in frozen.user_attrs:  # ... or its origin
+            self._ot_trials[trial_id].set_user_attr(ORIGIN, origin_label("sampled", f"{self.sampler_name} #{frozen.number}"))
         if frozen.state.is_finished():
             self._completed_trials.add(trial_id)
 
@@ -202,6 +221,12 @@ def optuna_status(trial) -> str | None:
     return {TrialState.PRUNED: STOPPED_EARLY, TrialState.FAIL: FAILED}.get(trial.state)
 
 
+def origins(study) -> dict[str, str]:
+    """Ray trial id -> origin label of every trial the study named."""
+    return {t.user_attrs[RAY_ID]: t.user_attrs.get(ORIGIN, "") for t in study.get_trials(deepcopy=False)
+            if RAY_ID in t.user_attrs}
+
+
 def constraint_of(frozen_trial) -> float:
     """How far over its budget a finished trial stayed (relative; 0 when it fits)."""
     return float(frozen_trial.constraints.get(BUDGET, 0.0))
@@ -216,12 +241,18 @@ class StudyOrderGenerator(SearchGenerator):
         super().__init__(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent))
 
     def create_trial_if_possible(self, experiment_spec):
-        original = Trial.generate_id
-        given = self.study_searcher.next_trial_id()
-        if given is None:
-            return super().create_trial_if_possible(experiment_spec)
-        Trial.generate_id = classmethod(lambda cls: given)  # SearchGenerator draws its id from here
-        try:
-            return super().create_trial_if_possible(experiment_spec)
-        finally:
-            Trial.generate_id = original
+        return under_id(self.study_searcher.next_trial_id(), lambda: super(StudyOrderGenerator, self)
+                        .create_trial_if_possible(experiment_spec))
+
+
+def under_id(given: str | None, create):
+    """``create()`` with the trial it makes named ``given`` (None: a fresh id): SearchGenerator draws a
+    new trial's id from ``Trial.generate_id``, so the id is given there for the one call."""
+    if given is None:
+        return create()
+    original = Trial.generate_id
+    Trial.generate_id = classmethod(lambda cls: given)
+    try:
+        return create()
+    finally:
+        Trial.generate_id = original

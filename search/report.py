@@ -15,15 +15,16 @@ from .outcome import COMPLETED, STATUSES, STOPPED_EARLY, trial_status
 from .pareto import frontier_plot, non_dominated
 
 
-def collect_rows(results, tracker) -> list[dict]:
-    """One row per trial of the experiment (Ray's ResultGrid): its status and final (or last) metrics."""
+def collect_rows(results, tracker, trials_dir: Path) -> list[dict]:
+    """One row per trial of a Ray Tune experiment (its ResultGrid): status and final (or last) metrics;
+    ``trials_dir`` holds the trials' own folders (trial_<id>/model)."""
     tracker.refresh()  # the MLflow run ids of trials logged before a resume
     rows = []
     for res in results:
         m = dict(res.metrics or {})
         tid = m.get("trial_id") or Path(res.path).name.removeprefix("trial_")
         rows.append({"trial_id": tid, "status": trial_status(m, res.error is not None), "config": res.config,
-                     **{k: m.get(k) for k in METRICS}, "model_dir": str(Path(res.path) / "model"),
+                     **{k: m.get(k) for k in METRICS}, "model_dir": str(Path(trials_dir) / f"trial_{tid}" / "model"),
                      "run_id": tracker.runs.get(tid)})
     return rows
 
@@ -39,19 +40,19 @@ def front_of(rows: list[dict], objectives) -> list[dict]:
 
 def pareto_markdown(front: list[dict], objectives) -> str:
     cols = table_columns(objectives, front)
-    lines = ["| trial | config | " + " | ".join(METRICS[c].label for c in cols) + " | MLflow run |",
-             "|---|---|" + "---|" * len(cols) + "---|"]
+    lines = ["| trial | origin | fidelity | config | " + " | ".join(METRICS[c].label for c in cols) + " | MLflow run |",
+             "|---|---|---|---|" + "---|" * len(cols) + "---|"]
     for r in sorted(front, key=lambda r: r["gmacs"] if r.get("gmacs") is not None else 0):
         cells = [METRICS[c].cell(r.get(c)) for c in cols]
-        lines.append(f"| {r['trial_id']} | {summarise(r['config'])} | " + " | ".join(cells) +
-                     f" | {r.get('run_id') or ''} |")
+        lines.append(f"| {r['trial_id']} | {r.get('origin') or ''} | {r.get('fidelity') or ''} | "
+                     f"{summarise(r['config'])} | " + " | ".join(cells) + f" | {r.get('run_id') or ''} |")
     return "\n".join(lines) + "\n"
 
 
 def write_outputs(rows: list[dict], front: list[dict], objectives, folder: Path, budget_gmacs: float,
                   teacher: dict, title: str, budget_ms: float | None = None) -> list[Path]:
     """trials.csv (every trial), pareto.md, and a plot of accuracy against each other objective."""
-    cols = ["trial_id", "status", "pareto", *METRICS, "config", "run_id"]
+    cols = ["trial_id", "status", "pareto", "origin", *METRICS, "config", "run_id"]
     front_ids = {r["trial_id"] for r in front}
     buf = io.StringIO()
     w = csv.DictWriter(buf, cols, extrasaction="ignore")

@@ -22,6 +22,7 @@ from . import faults
 from .mlflow_store import open_client, sqlite_path
 from .outcome import (ENVIRONMENT_REPORT, MLFLOW_RUN_STATUS, REPORT_INDEX, EnvironmentFailure, environment_failure,
                       trial_status)
+from .promotion import FIDELITY, PROMOTED_FROM, fidelity_of, knobs_of
 
 FINAL_LOGGED = "final_logged"  # tag set in the same batch as a trial's final metrics
 
@@ -169,13 +170,15 @@ class SearchTracker:
 
         tid = trial.trial_id
         if tid not in self.state:
-            run = self.client.create_run(self.experiment_id, run_name=str(trial),
-                                         tags={"mlflow.parentRunId": self.parent_id, "trial_id": tid,
-                                               "role": "trial", "status": "running"})
+            tags = {"mlflow.parentRunId": self.parent_id, "trial_id": tid, "role": "trial", "status": "running",
+                    FIDELITY: fidelity_of(trial.config)}
+            if PROMOTED_FROM in trial.config:
+                tags[PROMOTED_FROM] = trial.config[PROMOTED_FROM]
+            run = self.client.create_run(self.experiment_id, run_name=str(trial), tags=tags)
             self.state[tid] = RunState(run.info.run_id, closed=False, final=False, last_step=0, has_params=False)
         st = self.state[tid]
         if not st.has_params:  # new, or created by a search that died before it named the parameters
-            params = [Param(k, str(v)) for k, v in flat_config(trial.config).items()]
+            params = [Param(k, str(v)) for k, v in flat_config(knobs_of(trial.config)).items()]
             self.client.log_batch(st.run_id, params=params)
             st.has_params = True
         return st
@@ -241,8 +244,14 @@ class SearchTracker:
         table + plot, close the parent run. Every write may be repeated by a resume."""
         from mlflow.entities import Metric
 
+        from mlflow.entities import RunTag
+
+        origin = {r["trial_id"]: r.get("origin") for r in rows}
         for i, (tid, st) in enumerate(self.state.items()):
-            self.client.set_tag(st.run_id, "pareto", "true" if tid in front_ids else "false")
+            tags = [RunTag("pareto", "true" if tid in front_ids else "false")]
+            if origin.get(tid):  # seeded baseline / prior / given / sampled (SAMPLER #N), from the study
+                tags.append(RunTag("origin", origin[tid]))
+            self.client.log_batch(st.run_id, tags=tags)
             if i == 0:
                 faults.point("report.pareto_tags")
         for r in rows:

@@ -13,7 +13,7 @@ import json
 import pickle
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ import torch
 from m2mdc.compiler import CompiledPlan, Target, compile_config
 from m2mdc.context import Context
 from m2mdc.cost import CostModel
+from m2mdc.fidelity import ADAPTIVE_BN, FIDELITIES, SHORT, plan_at
 from m2mdc.io import write_json
 from m2mdc.objectives import METRICS
 from m2mdc.results import save_result
@@ -30,6 +31,7 @@ from m2mdc.train import evaluate_split
 from . import faults
 from .outcome import (CONTROL, ENVIRONMENT_ERRNOS, ENVIRONMENT_REPORT, FINAL_RECORD, REPORT_INDEX, ReplayedFailure,
                       environment_message, replay, unwritable)
+from .promotion import PROMOTED_FROM, fidelity_of, knobs_of
 
 
 @dataclass
@@ -52,6 +54,9 @@ class SearchSetup:
     latency_batch: int = 1  # the batch size every latency figure of the search is timed at
     latency_threads: int | None = None  # threads latency is timed with (default: the trial's)
     latency_cache: str | None = None  # folder of pre-training latency measurements (m2mdc.arch_latency)
+    project: str = "both"  # widths onto the cost target up and down, or only down (m2mdc.compiler.compile_config)
+    adaptive_bn: bool = True  # measure every short-fidelity trial without training too (val_top1_adaptive_bn)
+    long_steps: int | None = None  # batches per epoch of the long budget (None: full passes; the smoke profile's few)
     _latency = None  # this process's ArchLatency (built on first use, not shipped)
 
     def arch_latency(self):
@@ -74,7 +79,7 @@ class SearchSetup:
         latency = self.arch_latency() if self.budget_ms is not None else None
         return compile_config(config, self.target(), recipe=self.recipe, budget_gmacs=self.budget_gmacs,
                               training=self.training, bins=self.bins, probe_samples=self.probe_samples,
-                              budget_ms=self.budget_ms, latency=latency)
+                              budget_ms=self.budget_ms, latency=latency, project=self.project)
 
 
 BULK_BYTES = 1 << 20  # tensors at least this big (datasets, teacher outputs) are shared zero-copy
@@ -158,9 +163,14 @@ def run_trial(config: dict, setup: SearchSetup, report=_report, out_dir: Path | 
     if device != ctx.device:
         ctx.device, ctx.teacher = device, ctx.teacher.to(device)
     t_plan = time.perf_counter()
-    compiled = setup.plan_for(config)
+    fidelity = fidelity_of(config)
+    compiled = setup.plan_for(knobs_of(config))
     base = {"sampled_gmacs": compiled.sampled_gmacs, "width_scale": compiled.width_scale,
-            "feasible": compiled.feasible}
+            "feasible": compiled.feasible, "fidelity": fidelity, "under_target": compiled.under_target}
+    if compiled.target_gmacs is not None:
+        base["target_gmacs"] = compiled.target_gmacs
+    if PROMOTED_FROM in config:
+        base["promoted_from"] = config[PROMOTED_FROM]
     if compiled.latency is not None:  # a latency budget: the prediction made before training
         lat = compiled.latency
         base.update(predicted_latency_ms=lat["predicted_ms"], predicted_latency_spread_pct=lat["spread_pct"],
@@ -185,14 +195,21 @@ def run_trial(config: dict, setup: SearchSetup, report=_report, out_dir: Path | 
         faults.point("trial.epoch")
 
     t0 = time.perf_counter()
-    model, record = run_plan(compiled.plan, ctx, on_epoch=on_epoch, quiet=setup.quiet, eval_test=False)
+    if fidelity == SHORT.name and setup.adaptive_bn and any(s["step"] != "kd" for s in compiled.plan):
+        # the no-training fidelity, on the way: edits + BN recalibration, val (seconds beside the repairs)
+        _, untrained = run_plan(plan_at(compiled.plan, ADAPTIVE_BN), ctx, quiet=True, eval_test=False)
+        base["val_top1_adaptive_bn"] = untrained["val_top1"]
+    at = FIDELITIES[fidelity]
+    if at.total_epochs and setup.long_steps is not None:
+        at = replace(at, steps_per_epoch=setup.long_steps)
+    model, record = run_plan(plan_at(compiled.plan, at), ctx, on_epoch=on_epoch, quiet=setup.quiet, eval_test=False)
     test_device = "cpu" if record["int8"] else ctx.device
     record["test_top1"] = evaluate_split(model, ctx.ds.test, test_device, ctx.ds.resolution)
     final = _row(**base, final=True, val_top1=record["val_top1"], test_top1=record["test_top1"],
                  gmacs=record["gmacs"], params=record["params"], size_bytes=record["size_bytes"],
                  int8=record["int8"], sparsity=record["sparsity"], train_seconds=time.perf_counter() - t0,
                  epochs_done=epochs_done, keep_cfg=json.dumps(record["keep_cfg"], sort_keys=True), device=str(device),
-                 plan=json.dumps([s["step"] for s in compiled.plan]))
+                 plan=json.dumps([s["step"] for s in record["plan"]]))
     if record["int8"]:  # what ships is the converted torch.export program, not the FP32 state_dict
         from m2mdc.deploy import shipped_size
 

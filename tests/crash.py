@@ -19,6 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LEAN = REPO / "tests" / "data" / "space-lean.yaml"
+SEEDED = REPO / "tests" / "data" / "space-seeded.yaml"  # takes the seeded baselines and the prior
 BUDGET = 0.02
 
 
@@ -35,6 +36,9 @@ class Search:
     cpus: int = 2  # per trial
     mlflow_uri: str | None = None  # default: OUT/mlflow.db
     logs: Path | None = None  # where its log and fault log go (default OUT; elsewhere for a disk that fills)
+    seed_baselines: bool = False  # start with the seeded baselines and prior the space can take
+    space: Path = LEAN
+    bands: int = 1  # cost bands promotion picks its one trial of each from
 
     @property
     def exp_dir(self) -> Path:
@@ -42,9 +46,10 @@ class Search:
 
     def command(self, resume: bool = False) -> list[str]:
         return [sys.executable, "search/frontier.py", "--budget-gmacs", str(BUDGET), "--profile", "smoke",
-                "--dataset", "digits", "--out-dir", str(self.out), "--space", str(LEAN), "--name", self.name,
+                "--dataset", "digits", "--out-dir", str(self.out), "--space", str(self.space), "--name", self.name,
                 "--num-samples", str(self.num_samples), "--sampler", "random", "--search-seed", "3",
-                "--no-seed-baselines", "--asha-min-trials", "2", "--stop-fraction", "0.5",
+                "--seed-baselines" if self.seed_baselines else "--no-seed-baselines", "--asha-min-trials", "2",
+                "--stop-fraction", "0.5", "--promote", "1", "--bands", str(self.bands),
                 "--cpus-per-trial", str(self.cpus), *(["--mlflow-uri", self.mlflow_uri] if self.mlflow_uri else []),
                 *self.extra, *(["--resume"] if resume else [])]
 
