@@ -23,6 +23,7 @@ from m2mdc.knobs import summarise
 from m2mdc.objectives import METRICS, OBJECTIVE_SETS, OBJECTIVES, table_columns
 from search.outcome import COMPLETED
 from search.pareto import figure, frontier_plot, hypervolume, non_dominated, references
+from search.promotion import highest_fidelity
 
 
 @dataclass
@@ -58,7 +59,8 @@ class Search:
 
     @property
     def finished(self) -> list[dict]:
-        return [t for t in self.trials if t["status"] == COMPLETED]
+        """Completed configurations, each at the highest fidelity it completed (search/promotion.py)."""
+        return [t for t in highest_fidelity(self.trials) if t["status"] == COMPLETED]
 
     @property
     def references(self) -> dict[str, float]:
@@ -100,7 +102,7 @@ def hypervolume_curve(search: Search) -> list[float]:
     for t in search.trials:
         if t["status"] == COMPLETED:
             done.append(t)
-        out.append(hypervolume(done, search.objectives, refs))
+        out.append(hypervolume(highest_fidelity(done), search.objectives, refs))
     return out
 
 

@@ -136,17 +136,18 @@ class PromotionGenerator(SearchGenerator):
                         .create_trial_if_possible(experiment_spec))
 
 
+def source_of(row: dict) -> str | None:
+    """The trial a row's promoted trial retrains (None: a searched trial): from its reported
+    ``promoted_from`` (MLflow tag) or its config."""
+    return row.get(PROMOTED_FROM) or (row.get("config") or {}).get(PROMOTED_FROM)
+
+
 def highest_fidelity(rows: list[dict]) -> list[dict]:
     """Each configuration once, at the highest fidelity it completed: a promoted trial's completed row
-    replaces its source's; a promotion that did not complete leaves the source's row standing."""
-    promoted = {r["config"].get(PROMOTED_FROM): r for r in rows
-                if r["status"] == COMPLETED and PROMOTED_FROM in r["config"]}
-    out = []
-    for r in rows:
-        if PROMOTED_FROM in r["config"]:
-            continue
-        out.append(promoted.get(r["trial_id"], r))
-    return out
+    replaces its source's; a promotion that did not complete leaves the source's row standing. Rows are
+    a search's report rows or analysis/review.py's MLflow rows."""
+    promoted = {source_of(r): r for r in rows if r["status"] == COMPLETED and source_of(r)}
+    return [promoted.get(r["trial_id"], r) for r in rows if not source_of(r)]
 
 
 def fidelity_rank(config: dict) -> int:

@@ -4,6 +4,8 @@ with every trial's origin (seeded baseline, prior, sampled) kept through the kil
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import optuna
 import pytest
@@ -12,7 +14,7 @@ from search.mlflow_store import open_client
 from search.outcome import COMPLETED, STOPPED_EARLY
 from search.promotion import PROMOTED_FROM, PROMOTIONS, band_edges, band_of, choose, highest_fidelity
 
-from .crash import SEEDED, Search, resume_until_done
+from .crash import REPO, SEEDED, Search, resume_until_done
 
 
 def test_three_bands_centre_on_the_readme_costs():
@@ -91,3 +93,8 @@ def test_a_search_killed_around_its_promotion_resumes_with_every_record_once(out
                if t not in seeded)
     for tid, r in runs.items():  # MLflow says the same; a promoted run carries its source's origin
         assert r.data.tags["origin"] == origin[r.data.tags.get(PROMOTED_FROM, tid)]
+    # the review reads the front from MLflow at the highest fidelity too: its members are the tagged ones
+    review = subprocess.run([sys.executable, "analysis/review.py", "--experiment", search.name, "--out-dir", str(out),
+                             "--no-log"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert review.returncode == 0, review.stderr[-3000:]
+    assert "warning" not in review.stdout and all(tid in review.stdout for tid in tagged)
