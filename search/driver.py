@@ -342,16 +342,16 @@ def report_search(req: SearchRequest, rows: list[dict], tracker, teacher: dict) 
     import optuna
 
     from .optuna_search import origins
-    from .promotion import PROMOTED_FROM, highest_fidelity
+    from .promotion import highest_fidelity, source_of
     from .report import counts, front_of, pareto_markdown, write_outputs
 
     a = req.args
     study = optuna.load_study(study_name=req.name, storage=f"sqlite:///{req.exp_dir / 'optuna.db'}")
     origin = origins(study)
     for r in rows:
-        r["origin"] = origin.get(r["config"].get(PROMOTED_FROM, r["trial_id"]), "")
+        r["origin"] = origin.get(source_of(r) or r["trial_id"], "")
     front = front_of(highest_fidelity(rows), req.objectives)
-    searched = [r for r in rows if PROMOTED_FROM not in r["config"]]
+    searched = [r for r in rows if not source_of(r)]
     n = counts(searched)
     promoted = len(rows) - len(searched)
     files = write_outputs(rows, front, req.objectives, req.exp_dir, a.budget_gmacs, teacher,

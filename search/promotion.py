@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 
-from m2mdc.fidelity import FIDELITIES, LONG, SHORT
+from m2mdc.fidelity import LONG, SHORT
 from m2mdc.io import write_json
 
 from . import faults
@@ -148,7 +148,3 @@ def highest_fidelity(rows: list[dict]) -> list[dict]:
     a search's report rows or analysis/review.py's MLflow rows."""
     promoted = {source_of(r): r for r in rows if r["status"] == COMPLETED and source_of(r)}
     return [promoted.get(r["trial_id"], r) for r in rows if not source_of(r)]
-
-
-def fidelity_rank(config: dict) -> int:
-    return FIDELITIES[fidelity_of(config)].rank
