@@ -1,15 +1,17 @@
-"""Paste the result tables the analysis commands wrote into README.md, verbatim, between markers.
+"""Paste the result tables the analysis commands wrote into README.md and docs/, verbatim, between markers.
 
-    python analysis/readme_results.py [--out-dir outputs]
+    python analysis/readme_results.py [--out-dir outputs] [--root .]
 
-README.md holds `<!-- result: NAME -->` ... `<!-- /result: NAME -->` pairs; each NAME maps to the
-markdown file a command wrote under the output root (SOURCES). Every such file starts with the
-command line that produced it, so the README names the command beside each table without anyone
-retyping a number. A marker whose file is missing keeps its current content and is listed, so a
-table can be completed over several sessions. Plots are copied beside the README under docs/.
+README.md and every page under docs/ may hold `<!-- result: NAME -->` ... `<!-- /result: NAME -->`
+pairs; each NAME maps to the markdown file a command wrote under the output root (SOURCES). Every such
+file starts with the command line that produced it, so a page names the command beside each table
+without anyone retyping a number. A marker whose file is missing keeps its current content and is
+listed, so a table can be completed over several sessions. Plots are copied into docs/ and linked
+relative to the page that shows them.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -51,8 +53,15 @@ SOURCES = {
 MARK = re.compile(r"(<!-- result: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /result: (?P=name) -->)", re.S)
 
 
-def paste(readme: str, root: Path, docs: Path) -> tuple[str, list[str], list[str]]:
-    """(new README text, names pasted, names whose source is missing)."""
+def pages(root: Path) -> list[Path]:
+    """The markdown pages results may be pasted into: the README, then docs/ in path order."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+
+
+def paste(readme: str, root: Path, docs: Path, page: Path | None = None) -> tuple[str, list[str], list[str]]:
+    """(new text of the page, names pasted, names whose source is missing). ``page``: where the text lives
+    (plots are linked relative to it); default: beside docs/, as the README is."""
+    here = (page or docs.parent / "README.md").parent
     pasted, missing = [], []
 
     def one(m: re.Match) -> str:
@@ -70,7 +79,7 @@ def paste(readme: str, root: Path, docs: Path) -> tuple[str, list[str], list[str
             if src.exists():
                 dst = docs / f"{name}-{png}"
                 shutil.copyfile(src, dst)
-                body += f"\n![{name} {png}](docs/{dst.name})\n"
+                body += f"\n![{name} {png}]({Path(os.path.relpath(dst, here)).as_posix()})\n"
         pasted.append(name)
         return m.group(1) + body + m.group(4)
 
@@ -82,16 +91,23 @@ def main(argv=None):
     p = Parser(prog="python analysis/readme_results.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--out-dir", default=None, help="output root the commands wrote to (default: $M2MDC_OUT_DIR "
                    "or ./outputs)")
-    p.add_argument("--readme", default=str(REPO / "README.md"))
+    p.add_argument("--root", default=str(REPO), help="the checkout whose README.md and docs/ are pasted into "
+                   "(default: this one)")
     a = p.parse_args(argv)
-    readme = Path(a.readme)
-    if not readme.exists():
-        raise UserError(f"{readme} not found; pass --readme PATH")
+    checkout = Path(a.root)
+    if not (checkout / "README.md").exists():
+        raise UserError(f"{checkout / 'README.md'} not found; pass --root DIR, a folder holding README.md and docs/")
     root = out_root(a.out_dir)
-    docs = readme.parent / "docs"
+    docs = checkout / "docs"
     docs.mkdir(exist_ok=True)
-    text, pasted, missing = paste(readme.read_text(), root, docs)
-    write_text(readme, text)
+    pasted, missing = [], []
+    for page in pages(checkout):
+        old = page.read_text()
+        text, done, absent = paste(old, root, docs, page)
+        pasted += done
+        missing += absent
+        if text != old:
+            write_text(page, text)
     print(f"pasted: {', '.join(pasted) or 'nothing'}")
     if missing:
         print(f"not yet measured (kept as is): {'; '.join(missing)}")

@@ -29,7 +29,8 @@ SHRINK = {"--dataset": "digits", "--data-dir": None, "--resolution": None, "--ar
           "--epochs": "2", "--teacher-epochs": "2", "--budget-gmacs": "0.02", "--pqd-epochs": "2", "--seeds": "0",
           "--k": "1", "--samples": "300", "--n": "1", "--kd-epochs": "1", "--steps-per-epoch": "2",
           "--profile": "smoke", "--num-samples": "1", "--budget-ms": "1000", "--run-id": "{run_id}",
-          "--teacher": "{teacher}", "--samplers": "tpe", "--out-dir": "{out}", "--latency-batch": "8", "--kills": "1"}
+          "--teacher": "{teacher}", "--samplers": "tpe", "--out-dir": "{out}", "--latency-batch": "8", "--kills": "1",
+          "--writers": "2", "--runs": "2", "--repeats": "1"}
 # what a tool needs added to stay small (only when the README does not set the flag itself)
 EXTRA = {"m2mdc.compress": ["--dataset", "digits", "--kd-epochs", "1", "--steps-per-epoch", "2", "--teacher-epochs", "2"],
          "analysis/finalize.py": ["--dataset", "digits", "--epochs", "5"],  # the smoke search's teacher
@@ -42,7 +43,7 @@ EXTRA = {"m2mdc.compress": ["--dataset", "digits", "--kd-epochs", "1", "--steps-
          "benchmarks/latency_budget.py": ["--space", "tests/data/space-lean.yaml", "--threads", "1"],
          "benchmarks/crash_kills.py": ["--kills-per-search", "1"],
          "benchmarks/shared_store.py": ["--writers", "2", "--runs", "2", "--repeats", "1"],
-         "analysis/readme_results.py": ["--readme", "{readme}"]}  # a copy: the test never edits the README
+         "analysis/readme_results.py": ["--root", "{root}"]}  # a copy: the test never edits README or docs
 # a --budget-ms search runs under a generous budget (one timed build, not six: ~1 min less);
 # fitting configurations onto a tight budget is what the latency_budget benchmark command runs.
 # Latencies are timed at batch 8, not the README's 64 (the same code path; measured: the latency_budget
@@ -82,10 +83,16 @@ DEFAULT_SEARCH = "frontier-resnet18-digits-b0.02"  # a shrunk search's name when
 READS_A_SEARCH = ("analysis/review.py", "benchmarks/latency_budget.py")  # by --experiment / --search
 
 
+def documented_pages() -> list[Path]:
+    """The pages whose commands run: the README, then docs/ in path order (analysis/readme_results.py
+    pastes into the same pages)."""
+    return [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+
+
 def readme_commands(text: str | None = None) -> list[str]:
-    """The `python ...` lines of the README's bash blocks, continuation lines joined, comments dropped,
-    then the benchmark commands quoted inline in its list items."""
-    text = (REPO / "README.md").read_text() if text is None else text
+    """The `python ...` lines of the bash blocks of the README and docs/, continuation lines joined,
+    comments dropped, then the benchmark commands quoted inline in their list items."""
+    text = "\n".join(p.read_text() for p in documented_pages()) if text is None else text
     cmds = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         block = block.replace("\\\n", " ")
@@ -338,7 +345,10 @@ def chain_test(test_file: str):
 
     @pytest.mark.parametrize("chain", chains, ids=[c.id for c in chains])
     def test_readme_chain_runs_shrunk(chain, readme_out, tmp_path):
-        readme = tmp_path / "README.md"  # a copy: the test never edits the README
-        readme.write_text((REPO / "README.md").read_text())
-        run_chain(chain, readme_out, {"readme": str(readme), "run_id": None})
+        root = tmp_path / "checkout"  # a copy: the test never edits the README or docs/
+        for page in documented_pages():
+            copy = root / page.relative_to(REPO)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_text(page.read_text())
+        run_chain(chain, readme_out, {"root": str(root), "run_id": None})
     return test_readme_chain_runs_shrunk
