@@ -90,10 +90,17 @@ def _kd_knobs(run: Run, config: dict) -> dict:
 
 
 def plan_of(run: Run, target, budget_gmacs: float) -> list[dict]:
-    """The plan a config / pqd run trains: compiled, then the budget's total epochs spread over its repairs."""
+    """The plan a run trains: Torch-Pruning's pruning then the budget's KD (the tp_prune step), or a
+    config / pqd run compiled; then the budget's total epochs spread over its repairs."""
     from m2mdc.compiler import compile_config
 
     b = BUDGETS[run.budget]
+    if run.method == "torch-pruning":
+        kd = {"step": "kd", "seed": run.seed, "steps_per_epoch": b["steps_per_epoch"],
+              **{k.split(".")[1]: v for k, v in FIXED_KD.items()}}
+        prune = {"step": "tp_prune", "budget_gmacs": budget_gmacs, "global_pruning": run.tp_global,
+                 "importance": run.tp_importance}
+        return [prune, *split_epochs([kd] if not run.qat else [kd, {"step": "qat"}, dict(kd)], b["epochs"])]
     training = {"steps_per_epoch": b["steps_per_epoch"], "seed": run.seed}
     if run.method == "pqd":
         training.update(pqd_epochs=b["epochs"])
@@ -135,41 +142,14 @@ def execute(run: Run, ctx, target, budget_gmacs: float, folder: Path, models: Pa
         print(f"[study] {run.row}: {run.budget} budget, seed {run.seed}: its model is not on this machine; "
               f"training it again to time it (the saved result stays the one reported)", flush=True)
     t0 = time.perf_counter()
-    init = None
-    if run.method == "torch-pruning":
-        from m2mdc.bn import recalibrate_bn
-        from m2mdc.data import Loader
-
-        from analysis.baselines import torch_pruning_student
-
-        grads = None
-        if run.tp_importance == "group_taylor":
-            from m2mdc.data import probe_loader
-            from m2mdc.slicing import loss_gradients
-
-            grads = loss_gradients(ctx.teacher, probe_loader(ctx.ds, ctx.device, max_samples=5000))
-        elif run.tp_importance != "group_l1":
-            raise ValueError(f"unknown Torch-Pruning importance {run.tp_importance!r}")
-        student, keep, ratio = torch_pruning_student(ctx.teacher, ctx.adapter, budget_gmacs, ctx.ds.resolution,
-                                                     global_pruning=run.tp_global, grads=grads)
-        student = student.to(ctx.device)
-        recalibrate_bn(student, Loader(ctx.ds.train, 128, ctx.device, shuffle=True, resolution=ctx.ds.resolution,
-                                       seed=1), batches=50)
-        init = (student, keep.tolist())
-        b = BUDGETS[run.budget]
-        kd = {"step": "kd", "seed": run.seed, "steps_per_epoch": b["steps_per_epoch"],
-              **{k.split(".")[1]: v for k, v in FIXED_KD.items()}}
-        plan = [kd] if not run.qat else [kd, {"step": "qat"}, dict(kd)]
-        plan = split_epochs(plan, b["epochs"])
-    else:
-        plan = plan_of(run, target, budget_gmacs)
+    plan = plan_of(run, target, budget_gmacs)
 
     def progress(row):  # one line an epoch when the step logs are off: a long-budget run is minutes of silence
         val = f", val top-1 {row['val_top1']:.2f}%" if "val_top1" in row else ""
         print(f"[study]   {run.row}: {run.budget} seed {run.seed}, step {row['step_index']} {row['step']} "
               f"epoch {row.get('epoch', '?')}{val} ({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
 
-    model, record = run_plan(plan, ctx, quiet=quiet, init=init, on_epoch=progress if quiet else None)
+    model, record = run_plan(plan, ctx, quiet=quiet, on_epoch=progress if quiet else None)
     if models is not None:
         save_result(model, record, models / path.stem)
     if saved is not None:
@@ -184,7 +164,7 @@ def execute(run: Run, ctx, target, budget_gmacs: float, folder: Path, models: Pa
               "step_epochs": [s.get("epochs_trained", 0) for s in record["steps"]],
               "minutes": (time.perf_counter() - t0) / 60, "machine": machine()}
     if run.method == "torch-pruning":
-        result["tp_ratio"] = ratio
+        result["tp_ratio"] = record["notes"]["tp_ratio"]
     write_json(path, result)
     return result
 

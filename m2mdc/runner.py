@@ -106,6 +106,8 @@ def run_plan(plan: list[dict], ctx: Context, on_epoch: StepHook | None = None, q
               "sparsity": _achieved_sparsity(state) if state.sparsity is not None else 0.0,
               "feature_index": state.feature_index.tolist() if state.feature_index is not None else None,
               "device": str(ctx.device)}
+    if state.notes:
+        record["notes"] = dict(state.notes)
     if state.sparsity is not None and not state.qat:
         from .sparsity import make_permanent
 

@@ -11,7 +11,7 @@ import pkgutil
 from .registry import (STEPS, State, StepRun, StepSpec, check_order, describe_steps, plan_reports, register,
                        settings_of, unregister, validate_plan)
 
-_BUILT_IN = ("block_prune", "slicing", "kd", "train", "sparsity", "qat")  # registration (and --help) order
+_BUILT_IN = ("block_prune", "slicing", "tp_prune", "kd", "train", "sparsity", "qat")  # registration (and --help) order
 for _name in (*_BUILT_IN, *sorted(m.name for m in pkgutil.iter_modules(__path__))):
     if _name != "registry":
         importlib.import_module(f"{__name__}.{_name}")

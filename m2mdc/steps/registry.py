@@ -8,7 +8,7 @@ help, the presets, the knob table and ASHA's report budget all read it from here
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
 import torch
@@ -27,6 +27,7 @@ class State:
     feature_index: torch.Tensor | None = None
     qat: bool = False  # model is a fake-quant (PT2E-prepared) student; converted to INT8 at the end
     sparsity: dict | None = None  # the last unstructured-pruning report
+    notes: dict = field(default_factory=dict)  # what a step found (e.g. tp_prune's ratio); in the run's record
 
 
 @dataclass

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import metrics
-from .data import IMAGENET_MEAN, IMAGENET_STD, Dataset, Loader
-from .errors import UserError
-from .io import atomic_dir, ensure_writable, file_sha256, load_state_dict, out_root, stable_hash, write_json
-from .models import IMAGENET_WEIGHTS, get_adapter
-from .train import EpochLog, evaluate, evaluate_split, pct, train_epoch_ce
+from .. import metrics
+from ..data import IMAGENET_MEAN, IMAGENET_STD, Dataset, Loader
+from ..errors import UserError
+from ..io import atomic_dir, ensure_writable, file_sha256, load_state_dict, out_root, stable_hash, write_json
+from ..models import IMAGENET_WEIGHTS, get_adapter
+from ..train import EpochLog, evaluate, evaluate_split, pct, train_epoch_ce
 
 
 @dataclass(frozen=True)
@@ -293,9 +293,3 @@ def teacher_line(record: dict) -> str:
     seen = " (val held out of train/: the teacher has probably seen it)" if record.get("val_seen_by_teacher") else ""
     return (f"[teacher] val top-1 {record['val_top1']:.2f}%{seen}  test top-1 {pct(record.get('test_top1'))}  "
             f"GMACs {record['gmacs']:.4f}")
-
-
-if __name__ == "__main__":  # python -m m2mdc.teacher: the CLI lives with the others
-    from .cli.teacher import main
-
-    main()

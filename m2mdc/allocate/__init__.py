@@ -48,10 +48,10 @@ import math
 import torch
 from torch import nn
 
-from .cost import CostModel
-from .errors import UserError, check_range
-from .models.base import Adapter
-from .slicing import SIGNALS
+from ..cost import CostModel
+from ..errors import UserError, check_range
+from ..models.base import Adapter
+from ..slicing import SIGNALS
 
 SHRINK_DIVISIONS = 16
 
@@ -302,9 +302,3 @@ def allocation_plan(result: dict, signal: str = "bn", kd_params: dict | None = N
     if result.get("width_cuts", True):
         plan += [{"step": "widths", "keep_cfg": cfg, "signal": signal, **mi}, dict(kd)]
     return plan or [dict(kd)]
-
-
-if __name__ == "__main__":  # python -m m2mdc.allocate: the CLI lives with the others
-    from .cli.allocate import main
-
-    main()
