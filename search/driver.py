@@ -88,7 +88,8 @@ def warm_store(uri: str, experiment: str) -> None:
 def build_setup(req: SearchRequest, device):
     """The shared inputs, built once: teacher (cached), teacher outputs, MI block scores, channel
     scores (allocator), and the teacher's shipped latency when latency is an objective."""
-    from m2mdc.compiler import ChannelScores, channel_signals
+    from m2mdc.compiler import ChannelScores
+    from m2mdc.trial_budget import channel_signals
     from m2mdc.context import prepare_context
 
     from .trainable import SearchSetup
@@ -296,7 +297,7 @@ def tune_trials(req: SearchRequest, setup, tracker):
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from m2mdc.compiler import cohort, max_reports
+    from m2mdc.trial_budget import cohort, max_reports
     from m2mdc.objectives import directions
 
     from .early_stop import CollapseStoppingASHA

@@ -88,7 +88,7 @@ def test_rungs_of_another_schedule_are_refused(tmp_path):
 def test_one_shot_trials_are_compared_with_one_shot_trials_and_seeds_run_to_the_end():
     """A one-shot trial reports after all its edits (lower accuracy at an early rung by design): the cut
     ranks it among one-shot trials only. The first ``exempt_first`` trials (seeded baselines) are never stopped."""
-    from m2mdc.compiler import cohort
+    from m2mdc.trial_budget import cohort
 
     sched = CollapseStoppingASHA(time_attr="training_iteration", metric="val_top1", mode="max", max_t=11,
                                  grace_period=2, reduction_factor=3, stop_fraction=0.5, min_recorded=2,

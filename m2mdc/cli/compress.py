@@ -62,7 +62,7 @@ def build_parser() -> Parser:
     add_data_args(p)
     p.add_argument("--teacher-epochs", type=int, default=None, help="alias of --epochs (teacher training epochs)")
     r = p.add_argument_group("recipe and training budget")
-    r.add_argument("--preset", default="m2mdc", choices=RECIPES,
+    r.add_argument("--preset", default="m2mdc", choices=list(RECIPES),
                    help="m2mdc (default: the paper's block -> planes -> mid, KD after each), m2mdc+qat, a PQD order "
                    "(pqd = prune -> QAT -> KD; the others are its ablation), or a search recipe: fractions / allocator "
                    "(what a search trial runs; needs --budget-gmacs for allocator)")
