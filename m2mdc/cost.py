@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .models.base import Adapter
+from .models.base import Adapter, Group, GroupKind, mid_groups
 
 _POOLS = {torch.nn.functional.adaptive_avg_pool2d}
 
@@ -68,13 +68,11 @@ class CostModel:
         # knobs: keep_cfg width entries -> the channel groups they set
         self.knobs: OrderedDict[str, list[str]] = OrderedDict()
         for g in full_widths:
-            kind, _, owner = g.partition(":")
-            if kind in ("planes", "mid"):
+            if g.kind in (GroupKind.PLANES, GroupKind.MID):
                 self.knobs.setdefault(g, []).append(g)
         for g in full_widths:
-            kind, _, owner = g.partition(":")
-            if kind == "mid2":
-                self.knobs.setdefault(f"mid:{owner}", []).append(g)
+            if g.kind is GroupKind.MID2:
+                self.knobs.setdefault(mid_groups(g.owner)[0], []).append(g)
         self.full_knob_widths: dict[str, int] = {k: full_widths[gs[0]] for k, gs in self.knobs.items()}
         per_group = adapter.conv_group_size(model)
         # widths of a knob whose groups a grouped conv reads come in whole conv groups
@@ -177,7 +175,7 @@ class CostModel:
         self._full_slots = [1] + [self.full_knob_widths[k] for k in self._knob_list]
         # knob that a block's mid width sets, and the knob's block (None for planes)
         self.knob_block: dict[str, str | None] = {
-            k: (k.partition(":")[2] if k.startswith("mid:") else None) for k in self.knobs}
+            k: (k.owner if k.kind is GroupKind.MID else None) for k in self.knobs}
         self.full_macs = self.macs_of(frozenset(self.blocks), self.full_knob_widths)
 
     def _slot(self, group, group_slot):
@@ -233,7 +231,7 @@ class CostModel:
         cfg = self.adapter.validate_keep_cfg(keep_cfg, self.num_classes)
         kept = {b for b in self.blocks if self.adapter.stage_of(b) not in cfg["blocks"]
                 or self.adapter.block_index(b) in cfg["blocks"][self.adapter.stage_of(b)]}
-        widths = {f"{kind}:{owner}": w for kind in ("planes", "mid") for owner, w in cfg[kind].items()}
+        widths = {Group(GroupKind(kind), owner): w for kind in ("planes", "mid") for owner, w in cfg[kind].items()}
         return frozenset(kept), widths
 
     def keep_cfg(self, kept: frozenset[str] | set[str], widths: dict[str, int]) -> dict:
@@ -242,10 +240,9 @@ class CostModel:
         for stage, names in self.stage_blocks.items():
             cfg["blocks"][stage] = [self.adapter.block_index(b) for b in names if b in kept]
         for k in self.knobs:
-            kind, _, owner = k.partition(":")
-            if kind == "mid" and owner not in kept:
+            if k.kind is GroupKind.MID and k.owner not in kept:
                 continue
-            cfg[kind][owner] = int(widths.get(k, self.full_knob_widths[k]))
+            cfg[k.keep_cfg_kind][k.owner] = int(widths.get(k, self.full_knob_widths[k]))
         return cfg
 
     def macs(self, keep_cfg: dict | None) -> int:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .errors import UserError, check_range
-from .models.base import Adapter
+from .models.base import Adapter, GroupKind
 
 SIGNALS = ("bn", "l1", "mi", "group_l1", "group_taylor")
 PROBE_SIGNALS = ("mi", "group_taylor")  # the signals that read labelled probe images
@@ -217,8 +217,8 @@ def planes_widths(model: nn.Module, adapter: Adapter, planes_keep: float | dict[
     """Target width of every stage's planes group for a keep fraction (one, or per stage)."""
     _check_fractions("planes_keep", planes_keep)
     q = adapter.conv_group_size(model)
-    return {g: keep_width(w, _fraction_for(g.split(":", 1)[1], planes_keep), q.get(g, 1))
-            for g, w in adapter.group_widths(model).items() if g.startswith("planes:")}
+    return {g: keep_width(w, _fraction_for(g.owner, planes_keep), q.get(g, 1))
+            for g, w in adapter.group_widths(model).items() if g.kind is GroupKind.PLANES}
 
 
 def mid_widths(model: nn.Module, adapter: Adapter, mid_keep: float | dict[str, float]) -> dict[str, int]:
@@ -227,8 +227,8 @@ def mid_widths(model: nn.Module, adapter: Adapter, mid_keep: float | dict[str, f
     q = adapter.conv_group_size(model)
     out = {}
     for g, w in adapter.group_widths(model).items():
-        kind, _, block = g.partition(":")
-        if kind in ("mid", "mid2"):
+        if g.kind in (GroupKind.MID, GroupKind.MID2):
+            block = g.owner
             frac = _fraction_for(block, mid_keep, _fraction_for(adapter.stage_of(block), mid_keep)
                                  if isinstance(mid_keep, dict) else 1.0)
             out[g] = keep_width(w, frac, q.get(g, 1))

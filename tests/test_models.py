@@ -192,3 +192,22 @@ def test_every_architecture_prunes_slices_rebuilds_and_is_priced_exactly(arch):
     assert fv < metrics.gmacs(m, res)
     if arch.endswith("-cifar"):  # the CIFAR stem keeps torchvision's parameter names
         assert set(m.state_dict()) == set(get_adapter(arch.split("-")[0]).base_model(10).state_dict())
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2"])
+def test_channel_groups_are_typed_and_survive_pickling(arch):
+    """Channel groups carry their kind (no code parses "planes:..." names), and a cost model shipped to a
+    Ray worker keeps them typed."""
+    import pickle
+
+    from m2mdc.cost import CostModel
+    from m2mdc.models.base import Group, GroupKind
+
+    a = get_adapter(arch)
+    widths = a.group_widths(a.base_model(100))
+    assert all(isinstance(g, Group) for g in widths)
+    assert {g.kind for g in widths} >= {GroupKind.PLANES, GroupKind.MID}
+    cost = pickle.loads(pickle.dumps(CostModel(a, 100, 32)))
+    assert all(isinstance(k, Group) and k.kind in (GroupKind.PLANES, GroupKind.MID) for k in cost.knobs)
+    g = pickle.loads(pickle.dumps(Group(GroupKind.MID2, "layer1.0")))
+    assert (g, g.kind, g.owner, g.keep_cfg_kind) == ("mid2:layer1.0", GroupKind.MID2, "layer1.0", "mid")

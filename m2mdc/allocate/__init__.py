@@ -50,7 +50,7 @@ from torch import nn
 
 from ..cost import CostModel
 from ..errors import UserError, check_range
-from ..models.base import Adapter
+from ..models.base import Adapter, GroupKind, mid_groups
 from ..slicing import SIGNALS
 
 SHRINK_DIVISIONS = 16
@@ -106,10 +106,9 @@ def _knob_rank_info(cost: CostModel, channel_scores: dict, info: dict[str, float
     first, as slicing.top_k ranks them): keeping w channels keeps P[w]."""
     out = {}
     for knob, groups in cost.knobs.items():
-        kind, _, owner = knob.partition(":")
         # a mid group carries its block's branch; a planes group is the residual stream that
         # everything the network computes flows through, so it carries all of it (1)
-        weight = info[owner] if kind == "mid" else 1.0
+        weight = info[knob.owner] if knob.kind is GroupKind.MID else 1.0
         full = cost.full_knob_widths[knob]
         per_rank = [0.0] * full
         for g in groups:
@@ -279,8 +278,9 @@ def allocate(adapter: Adapter, model: nn.Module, budget_gmacs: float, num_classe
 
 def _mid_kept_share(prefix: dict[str, list[float]], widths: dict[str, int], block: str) -> float:
     """Share of a block's mid information its current mid width keeps (1 without a mid knob)."""
-    p = prefix.get(f"mid:{block}")
-    return p[widths[f"mid:{block}"]] / p[-1] if p and p[-1] > 0 else 1.0
+    mid = mid_groups(block)[0]
+    p = prefix.get(mid)
+    return p[widths[mid]] / p[-1] if p and p[-1] > 0 else 1.0
 
 
 def allocation_plan(result: dict, signal: str = "bn", kd_params: dict | None = None,

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from ..cost import CostModel
+from ..models.base import GroupKind
 from ..slicing import keep_width
 
 BISECTION_STEPS = 40
@@ -19,8 +20,7 @@ def fraction_widths(cost: CostModel, planes: dict[str, float], mid: float, scale
     groups where a grouped conv reads the group); ``exact``: the unrounded widths, capped at full."""
     out = {}
     for knob, full in cost.full_knob_widths.items():
-        kind, _, owner = knob.partition(":")
-        frac = planes[owner] if kind == "planes" else mid
+        frac = planes[knob.owner] if knob.kind is GroupKind.PLANES else mid
         out[knob] = min(full, frac * scale * full) if exact else keep_width(full, frac * scale, cost.quantum[knob])
     return out
 

@@ -43,7 +43,7 @@ class ChannelScores(dict):
 
     def __missing__(self, signal: str):
         ctx = self.ctx
-        groups = [g for g in ctx.adapter.group_widths(ctx.teacher) if g.split(":")[0] in ("planes", "mid", "mid2")]
+        groups = [g for g in ctx.adapter.group_widths(ctx.teacher) if g.keep_cfg_kind is not None]
         probe = probe_loader(ctx.ds, ctx.device, max_samples=self.probe_samples) if signal in PROBE_SIGNALS else None
         self[signal] = channel_scores(ctx.teacher, ctx.adapter, groups, signal, probe, self.bins)
         return self[signal]
@@ -67,7 +67,7 @@ def dry_target(arch: str, num_classes: int, resolution: int) -> Target:
     configuration's values and plan before any teacher is trained; its architecture is not the real one."""
     adapter = get_adapter(arch)
     teacher = adapter.base_model(num_classes)
-    groups = {g: w for g, w in adapter.group_widths(teacher).items() if g.split(":")[0] in ("planes", "mid", "mid2")}
+    groups = {g: w for g, w in adapter.group_widths(teacher).items() if g.keep_cfg_kind is not None}
     flat = {g: torch.ones(w) for g, w in groups.items()}
     return Target(adapter, teacher, CostModel(adapter, num_classes, resolution),
                   {b: 0.0 for b in adapter.blocks(teacher)}, {s: flat for s in SIGNALS})

@@ -7,32 +7,28 @@ first conv), with torchvision's parameter names either way.
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from functools import lru_cache
 
 from torchvision import models as tvm
 
 from ..errors import UserError
 from .base import Adapter, empty_keep_cfg, normalize_keep_cfg
-from .mobilenet import MobileNetV2Adapter
-from .resnet import ResNetAdapter
+from .registry import FAMILIES, Family, family_of, register_family
 
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",
-           "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d")
-BASE_ARCHS = (*RESNETS, "mobilenet_v2")
+# every module of this package but the base and the registry is a family and registers itself
+# (the built-in ones first: registration order is --arch's order)
+_BUILT_IN = ("resnet", "mobilenet")
+for _name in (*_BUILT_IN, *sorted(m.name for m in pkgutil.iter_modules(__path__))):
+    if _name not in ("base", "registry"):
+        importlib.import_module(f"{__name__}.{_name}")
+
+BASE_ARCHS = tuple(a for f in FAMILIES.values() for a in f.archs)
 STEMS = ("torchvision", "cifar")
 ARCHS = BASE_ARCHS  # --arch choices; the stem is its own flag
-
 # torchvision's ImageNet weights per architecture (used when --weights imagenet).
-IMAGENET_WEIGHTS = {
-    "resnet18": "ResNet18_Weights.IMAGENET1K_V1", "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
-    "resnet50": "ResNet50_Weights.IMAGENET1K_V2", "resnet101": "ResNet101_Weights.IMAGENET1K_V2",
-    "resnet152": "ResNet152_Weights.IMAGENET1K_V2", "wide_resnet50_2": "Wide_ResNet50_2_Weights.IMAGENET1K_V2",
-    "wide_resnet101_2": "Wide_ResNet101_2_Weights.IMAGENET1K_V2",
-    "resnext50_32x4d": "ResNeXt50_32X4D_Weights.IMAGENET1K_V2",
-    "resnext101_32x8d": "ResNeXt101_32X8D_Weights.IMAGENET1K_V2",
-    "resnext101_64x4d": "ResNeXt101_64X4D_Weights.IMAGENET1K_V1",
-    "mobilenet_v2": "MobileNet_V2_Weights.IMAGENET1K_V2",
-}
+IMAGENET_WEIGHTS = {a: w for f in FAMILIES.values() for a, w in f.imagenet_weights.items()}
 
 
 def arch_id(arch: str, stem: str = "torchvision") -> str:
@@ -53,14 +49,12 @@ def split_arch(name: str) -> tuple[str, str]:
 def get_adapter(arch: str) -> Adapter:
     """The adapter of ``arch`` (torchvision name, optionally ``-cifar``); one instance per name."""
     base, stem = split_arch(arch)
-    if base not in BASE_ARCHS or stem not in STEMS:
+    family = family_of(base)
+    if family is None or stem not in STEMS:
         raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(BASE_ARCHS)} (optionally with "
                         f"the CIFAR stem: --stem cifar)")
-    factory = getattr(tvm, base)
-    if base == "mobilenet_v2":
-        return MobileNetV2Adapter(arch, factory, stem)
-    return ResNetAdapter(arch, factory, stem)
+    return family.adapter(arch, getattr(tvm, base), stem)
 
 
-__all__ = ["Adapter", "ARCHS", "BASE_ARCHS", "IMAGENET_WEIGHTS", "STEMS", "arch_id", "get_adapter", "split_arch",
-           "empty_keep_cfg", "normalize_keep_cfg"]
+__all__ = ["Adapter", "ARCHS", "BASE_ARCHS", "FAMILIES", "Family", "IMAGENET_WEIGHTS", "STEMS", "arch_id",
+           "family_of", "get_adapter", "register_family", "split_arch", "empty_keep_cfg", "normalize_keep_cfg"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from enum import Enum
 from typing import Callable
 
 import torch
@@ -27,6 +28,47 @@ from torch import nn
 from ..errors import UserError
 
 FIXED = None  # a dimension that is never sliced (image channels, class logits)
+
+
+class GroupKind(str, Enum):
+    """What a channel group is, which says which keep_cfg entry sets its width."""
+
+    PLANES = "planes"  # a stage's residual stream: keep_cfg["planes"][stage]
+    MID = "mid"  # a block's inner channels: keep_cfg["mid"][block]
+    MID2 = "mid2"  # a Bottleneck's second inner conv: follows its block's MID width
+    UNSLICED = "unsliced"  # the stem or the tail before the head: never sliced
+
+
+class Group(str):
+    """A channel group: its name (``kind:owner``, or the owner alone for an unsliced group, e.g. ``stem``)
+    with its kind and owner attached, so code reads ``g.kind`` instead of parsing the name. Equal to and
+    hashed as its name, so keep_cfg-built names find it in any dict an adapter returns."""
+
+    kind: GroupKind
+    owner: str
+
+    def __new__(cls, kind: GroupKind, owner: str):
+        kind = GroupKind(kind)
+        g = super().__new__(cls, owner if kind is GroupKind.UNSLICED else f"{kind.value}:{owner}")
+        g.kind, g.owner = kind, owner
+        return g
+
+    def __getnewargs__(self):  # pickled (to Ray workers) as a Group, not rebuilt from its name
+        return self.kind, self.owner
+
+    @property
+    def keep_cfg_kind(self) -> str | None:
+        """The keep_cfg entry ("planes" / "mid") that sets this group's width; None when unsliced."""
+        return {GroupKind.PLANES: "planes", GroupKind.MID: "mid", GroupKind.MID2: "mid"}.get(self.kind)
+
+
+def planes_group(stage: str) -> Group:
+    return Group(GroupKind.PLANES, stage)
+
+
+def mid_groups(block: str) -> tuple[Group, Group]:
+    """A block's mid group and its Bottleneck twin (which a BasicBlock does not have)."""
+    return Group(GroupKind.MID, block), Group(GroupKind.MID2, block)
 
 
 def empty_keep_cfg() -> dict:
@@ -175,11 +217,8 @@ class Adapter(ABC):
         for stage, names in self.blocks_by_stage(model).items():
             cfg["blocks"][stage] = [self.block_index(n) for n in names]
         for g, w in self.group_widths(model).items():
-            kind, _, owner = g.partition(":")
-            if kind == "planes":
-                cfg["planes"][owner] = w
-            elif kind == "mid":
-                cfg["mid"][owner] = w
+            if g.kind in (GroupKind.PLANES, GroupKind.MID):
+                cfg[g.keep_cfg_kind][g.owner] = w
         return cfg
 
     def validate_keep_cfg(self, keep_cfg: dict, num_classes: int) -> dict:
@@ -207,7 +246,7 @@ class Adapter(ABC):
                                     f"{', '.join(self.protected_blocks(full))}")
         for kind in ("planes", "mid"):
             for owner, w in cfg[kind].items():
-                g = f"{kind}:{owner}"
+                g = Group(GroupKind(kind), owner)
                 if g not in widths:
                     raise UserError(f"keep_cfg {kind} names {owner!r}, which is not a {kind} group of {self.arch}")
                 if not 1 <= w <= widths[g]:
@@ -232,7 +271,7 @@ class Adapter(ABC):
         widths = dict(self.group_widths(model))
         for kind in ("planes", "mid"):
             for owner, w in cfg[kind].items():
-                for g in (f"{kind}:{owner}", f"{kind}2:{owner}"):
+                for g in ((planes_group(owner),) if kind == "planes" else mid_groups(owner)):
                     if g in widths:
                         widths[g] = w
         _resize(model, self.channel_groups(model), widths)
@@ -246,12 +285,12 @@ class Adapter(ABC):
         groups = self.channel_groups(model)
         widths = self.group_widths(model)
         cfg = self.keep_cfg_of(model)
-        for g, idx in keep_idx.items():
-            if g not in widths:
-                raise ValueError(f"unknown channel group {g}")
-            kind, _, owner = g.partition(":")
-            kind = kind.rstrip("2")
-            cfg[kind][owner] = int(len(idx))
+        typed = {g: g for g in widths}  # a name's typed group (keep_idx keys may be names built from a keep_cfg)
+        for name, idx in keep_idx.items():
+            g = typed.get(name)
+            if g is None or g.keep_cfg_kind is None:
+                raise ValueError(f"unknown or unsliceable channel group {name}")
+            cfg[g.keep_cfg_kind][g.owner] = int(len(idx))
         new = self.rebuild(cfg, num_classes)
         idx = {g: torch.as_tensor(i, dtype=torch.long).sort().values for g, i in keep_idx.items()}
         new_sd = OrderedDict()

@@ -5,7 +5,8 @@ from collections import OrderedDict
 
 from torch import nn
 
-from .base import Adapter
+from .base import Adapter, Group, GroupKind, mid_groups, planes_group
+from .registry import Family, register_family
 
 # torchvision's inverted_residual_setting repeat counts n = 1, 2, 3, 4, 3, 3, 1: each repeat
 # group is one stage (same output width); block i of a stage is features[start + i].
@@ -63,14 +64,15 @@ class MobileNetV2Adapter(Adapter):
 
     def channel_groups(self, model):
         g = OrderedDict()
-        g["features.0.0"] = ("stem", None)
-        g["features.0.1"] = ("stem", "stem")
-        in_group = "stem"
+        stem, tail = Group(GroupKind.UNSLICED, "stem"), Group(GroupKind.UNSLICED, "tail")
+        g["features.0.0"] = (stem, None)
+        g["features.0.1"] = (stem, stem)
+        in_group = stem
         for name, block in self.blocks(model).items():
-            planes = f"planes:{self.stage_of(name)}"
+            planes = planes_group(self.stage_of(name))
             layers = list(block.conv._modules.keys())
             if len(layers) == 4:  # expand (1x1) -> depthwise -> project
-                mid = f"mid:{name}"
+                mid = mid_groups(name)[0]
                 g[f"{name}.conv.0.0"] = (mid, in_group)
                 g[f"{name}.conv.0.1"] = (mid, mid)
                 g[f"{name}.conv.1.0"] = (mid, mid)
@@ -83,9 +85,9 @@ class MobileNetV2Adapter(Adapter):
                 g[f"{name}.conv.1"] = (planes, in_group)
                 g[f"{name}.conv.2"] = (planes, planes)
             in_group = planes
-        g[f"features.{TAIL}.0"] = ("tail", in_group)
-        g[f"features.{TAIL}.1"] = ("tail", "tail")
-        g["classifier.1"] = (None, "tail")
+        g[f"features.{TAIL}.0"] = (tail, in_group)
+        g[f"features.{TAIL}.1"] = (tail, tail)
+        g["classifier.1"] = (None, tail)
         return g
 
     def check_invariants(self, model):
@@ -94,3 +96,7 @@ class MobileNetV2Adapter(Adapter):
             if block.use_res_connect and convs[-1].out_channels != convs[0].in_channels:
                 raise ValueError(f"residual invariant broken in {name}: project_out_C={convs[-1].out_channels}"
                                  f" != block_in_C={convs[0].in_channels}")
+
+
+register_family(Family("mobilenet_v2", MobileNetV2Adapter, ("mobilenet_v2",),
+                       {"mobilenet_v2": "MobileNet_V2_Weights.IMAGENET1K_V2"}))

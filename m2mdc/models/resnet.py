@@ -7,7 +7,8 @@ from collections import OrderedDict
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from .base import Adapter
+from .base import Adapter, Group, GroupKind, mid_groups, planes_group
+from .registry import Family, register_family
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -52,16 +53,15 @@ class ResNetAdapter(Adapter):
         # A stage whose first block has no downsample adds its input to its output, so its
         # planes are the same channels as its input (resnet18/34 layer1 shares the stem's).
         first = next(iter(model.layer1.children()))
-        in_group = "planes:layer1" if first.downsample is None else "stem"
+        in_group = planes_group("layer1") if first.downsample is None else Group(GroupKind.UNSLICED, "stem")
         g["conv1"] = (in_group, None)
         g["bn1"] = (in_group, in_group)
         for stage in STAGES:
-            planes = f"planes:{stage}"
+            planes = planes_group(stage)
             for idx, block in getattr(model, stage)._modules.items():
                 name = f"{stage}.{idx}"
-                mid = f"mid:{name}"
+                mid, mid2 = mid_groups(name)
                 if bottleneck:
-                    mid2 = f"mid2:{name}"
                     g[f"{name}.conv1"] = (mid, in_group)
                     g[f"{name}.bn1"] = (mid, mid)
                     g[f"{name}.conv2"] = (mid2, mid)
@@ -89,3 +89,15 @@ class ResNetAdapter(Adapter):
                 ref, what = block.conv1.in_channels, "conv1_in_C"
             if last.out_channels != ref:
                 raise ValueError(f"residual invariant broken in {name}: conv_out_C={last.out_channels} != {what}={ref}")
+
+
+register_family(Family("resnet", ResNetAdapter, (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",
+    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d"), {
+    "resnet18": "ResNet18_Weights.IMAGENET1K_V1", "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
+    "resnet50": "ResNet50_Weights.IMAGENET1K_V2", "resnet101": "ResNet101_Weights.IMAGENET1K_V2",
+    "resnet152": "ResNet152_Weights.IMAGENET1K_V2", "wide_resnet50_2": "Wide_ResNet50_2_Weights.IMAGENET1K_V2",
+    "wide_resnet101_2": "Wide_ResNet101_2_Weights.IMAGENET1K_V2",
+    "resnext50_32x4d": "ResNeXt50_32X4D_Weights.IMAGENET1K_V2",
+    "resnext101_32x8d": "ResNeXt101_32X8D_Weights.IMAGENET1K_V2",
+    "resnext101_64x4d": "ResNeXt101_64X4D_Weights.IMAGENET1K_V1"}))

@@ -7,6 +7,7 @@ import torch
 
 from ..data import probe_loader
 from ..models import get_adapter
+from ..models.base import mid_groups, planes_group
 from ..settings import check_settings, setting
 from ..slicing import PROBE_SIGNALS, SIGNALS, mid_widths, planes_widths, slice_groups
 from .block_prune import BINS, PROBE_SAMPLES
@@ -67,9 +68,10 @@ def run_mid(r: StepRun, s: FractionSettings) -> None:
 def run_widths(r: StepRun, s: WidthsSettings) -> None:
     widths = {}
     for stage, w in (s.keep_cfg or {}).get("planes", {}).items():
-        widths[f"planes:{stage}"] = int(w)
+        widths[planes_group(stage)] = int(w)
     for block, w in (s.keep_cfg or {}).get("mid", {}).items():
-        widths[f"mid:{block}"] = widths[f"mid2:{block}"] = int(w)
+        for g in mid_groups(block):
+            widths[g] = int(w)
     current = r.ctx.adapter.group_widths(r.state.model)
     slice_to(r, {g: w for g, w in widths.items() if g in current}, s)
 
