@@ -26,31 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from m2mdc.cli.args import add_data_args, add_teacher_args, teacher_and_data
+from m2mdc.config import nest, parse_tracked
 from m2mdc.errors import Parser, UserError, check_range, cli
 from m2mdc.io import ensure_writable, out_root, write_json, write_text
 
 from analysis.study import BUDGETS, Run, execute, mean_std, results_root
 
 
-def _typed(v: str):
-    if v in ("True", "False"):
-        return v == "True"
-    try:
-        return float(v)
-    except ValueError:
-        return v
-
-
 def config_of(params: dict) -> dict:
     """A trial's knob configuration from its MLflow params (``knob/stage`` entries nest)."""
-    config: dict = {}
-    for k, v in params.items():
-        head, _, tail = k.partition("/")
-        if tail:
-            config.setdefault(head, {})[tail] = _typed(v)
-        else:
-            config[k] = _typed(v)
-    return config
+    return nest(params, parse_tracked)
 
 
 @dataclass
@@ -183,7 +168,7 @@ def check_search_setting(search: Search, a, experiment: str) -> None:
                         f"(python analysis/export.py --run-id RUN_ID)")
     def typed(k):
         v = params.get(k, "None")
-        return None if v == "None" else _typed(v) if k not in ("teacher", "weights", "arch", "stem") else v
+        return None if v == "None" else parse_tracked(v) if k not in ("teacher", "weights", "arch", "stem") else v
     theirs = SimpleNamespace(**{k: typed(k) for k in ("arch", "stem", "teacher", "weights", "epochs", "lr", "seed",
                                                       "batch_size")})
     theirs.epochs = None if theirs.epochs is None else int(theirs.epochs)

@@ -48,6 +48,7 @@ SOURCES = {
     "latency-budget": ("benchmarks/latency_budget/latency-bench-bs64-v2/latency_budget.md", []),
     "latency-recheck": ("benchmarks/latency_budget/recheck-frontier-resnet18-cifar100-9ms-bs64-v3/latency_budget.md",
                         []),
+    "proxy-depth": ("proxy_depth/resnet18-cifar100-b0.02-n20-d0.md", []),
     "frontier-latency": ("review/frontier-resnet18-cifar100-9ms-bs64-v3/pareto.md", ["frontier-latency_ms.png"]),
 }
 MARK = re.compile(r"(<!-- result: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /result: (?P=name) -->)", re.S)

@@ -113,9 +113,9 @@ def project_point(point: dict, space, where: str) -> dict:
     ``knob/stage`` names, nested per-stage objects, or one value for every stage), else the knob
     table's default; knobs the space fixes keep the space's value."""
     from m2mdc.knobs import KNOBS
-    from search.tracking import flat_config
+    from m2mdc.config import flatten
 
-    flat = flat_config(point)
+    flat = flatten(point)
     for name, value in list(flat.items()):  # one value for a knob the space samples per stage
         if name not in space.params and any(p.startswith(name + "/") for p in space.params):
             del flat[name]
@@ -142,7 +142,7 @@ def seeded_points(space, latency: bool = False) -> tuple[dict[str, dict], list[s
     (a value outside a knob's range or choices, or a knob the space fixes at another value) is not bent
     into a different configuration: it is skipped, and the reason returned."""
     from m2mdc.compiler import BASELINES, LATENCY_BASELINES, SHALLOWEST, shallowest_config
-    from search.tracking import flat_config
+    from m2mdc.config import flatten
 
     if space.mode != "fractions":
         return {}, [f"seeded baselines: none in a {space.mode!r} space (they are fractions configurations)"]
@@ -154,7 +154,7 @@ def seeded_points(space, latency: bool = False) -> tuple[dict[str, dict], list[s
     else:
         skipped.append(f"seeded point {SHALLOWEST!r} skipped: the space removes no blocks (prune_ratio 0)")
     for name, cfg in seeds.items():
-        flat = flat_config(cfg)
+        flat = flatten(cfg)
         for knob, value in list(flat.items()):  # one value for a knob the space holds per stage
             if knob not in space.params and any(p.startswith(knob + "/") for p in space.params):
                 del flat[knob]

@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 from ray.tune import Callback
 
+from m2mdc.config import flatten
 from m2mdc.errors import UserError
 from m2mdc.objectives import METRICS
 
@@ -84,14 +85,6 @@ def check_experiment(uri: str, name: str) -> None:
         raise UserError(message)
 
 
-def flat_config(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in config.items():
-        if isinstance(v, dict):
-            out.update(flat_config(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 @dataclass
@@ -178,7 +171,7 @@ class SearchTracker:
             self.state[tid] = RunState(run.info.run_id, closed=False, final=False, last_step=0, has_params=False)
         st = self.state[tid]
         if not st.has_params:  # new, or created by a search that died before it named the parameters
-            params = [Param(k, str(v)) for k, v in flat_config(knobs_of(trial.config)).items()]
+            params = [Param(k, str(v)) for k, v in flatten(knobs_of(trial.config)).items()]
             self.client.log_batch(st.run_id, params=params)
             st.has_params = True
         return st

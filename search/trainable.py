@@ -9,24 +9,22 @@ every KD / training epoch (``final: False``) so ASHA can stop it, then once more
 """
 from __future__ import annotations
 
-import json
 import pickle
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from m2mdc.compiler import CompiledPlan, Target, compile_config
+from m2mdc.compiler import Target
 from m2mdc.context import Context
 from m2mdc.cost import CostModel
-from m2mdc.fidelity import ADAPTIVE_BN, FIDELITIES, SHORT, plan_at
 from m2mdc.io import write_json
 from m2mdc.objectives import METRICS
 from m2mdc.results import save_result
-from m2mdc.runner import run_plan
-from m2mdc.train import evaluate_split
+from m2mdc.trial import TrialSpec
+from m2mdc.trial import run_trial as run_config
 
 from . import faults
 from .outcome import (CONTROL, ENVIRONMENT_ERRNOS, ENVIRONMENT_REPORT, FINAL_RECORD, REPORT_INDEX, ReplayedFailure,
@@ -75,11 +73,13 @@ class SearchSetup:
         return Target(ctx.adapter, ctx.teacher, CostModel(ctx.adapter, ctx.ds.num_classes, ctx.ds.resolution),
                       ctx.get_block_scores(self.bins, self.probe_samples), self.channel_scores)
 
-    def plan_for(self, config: dict) -> CompiledPlan:
-        latency = self.arch_latency() if self.budget_ms is not None else None
-        return compile_config(config, self.target(), recipe=self.recipe, budget_gmacs=self.budget_gmacs,
-                              training=self.training, bins=self.bins, probe_samples=self.probe_samples,
-                              budget_ms=self.budget_ms, latency=latency, project=self.project)
+    def spec(self, fidelity: str) -> TrialSpec:
+        """How the library's trial path compiles, trains and measures this search's trials at ``fidelity``."""
+        return TrialSpec(recipe=self.recipe, budget_gmacs=self.budget_gmacs, training=self.training, bins=self.bins,
+                         probe_samples=self.probe_samples, budget_ms=self.budget_ms, project=self.project,
+                         fidelity=fidelity, long_steps=self.long_steps, adaptive_bn=self.adaptive_bn,
+                         measure_latency=self.measure_latency, latency_batch=self.latency_batch,
+                         latency_threads=self.latency_threads or self.threads)
 
 
 BULK_BYTES = 1 << 20  # tensors at least this big (datasets, teacher outputs) are shared zero-copy
@@ -142,6 +142,10 @@ def _report(metrics_row: dict) -> None:
     tune.report(metrics_row)
 
 
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
 def _row(**fields) -> dict:
     """A report row; every field is a METRICS entry or a control field, so tracking and tables know it."""
     unknown = set(fields) - set(METRICS) - set(CONTROL)
@@ -162,70 +166,19 @@ def run_trial(config: dict, setup: SearchSetup, report=_report, out_dir: Path | 
     device = pick_device("cuda" if setup.use_gpu else "cpu")
     if device != ctx.device:
         ctx.device, ctx.teacher = device, ctx.teacher.to(device)
-    t_plan = time.perf_counter()
-    fidelity = fidelity_of(config)
-    compiled = setup.plan_for(knobs_of(config))
-    base = {"sampled_gmacs": compiled.sampled_gmacs, "width_scale": compiled.width_scale,
-            "feasible": compiled.feasible, "fidelity": fidelity, "under_target": compiled.under_target}
-    if compiled.target_gmacs is not None:
-        base["target_gmacs"] = compiled.target_gmacs
-    if PROMOTED_FROM in config:
-        base["promoted_from"] = config[PROMOTED_FROM]
-    if compiled.latency is not None:  # a latency budget: the prediction made before training
-        lat = compiled.latency
-        base.update(predicted_latency_ms=lat["predicted_ms"], predicted_latency_spread_pct=lat["spread_pct"],
-                    sampled_latency_ms=lat["sampled_ms"], latency_measurements=lat.get("measurements", 1),
-                    latency_seconds=time.perf_counter() - t_plan, latency_batch=setup.latency_batch)
-        if not setup.quiet:
-            print(f"[latency] predicted {lat['predicted_ms']:.2f} ms ±{lat['spread_pct']:.0f}% at batch "
-                  f"{setup.latency_batch} (sampled {lat['sampled_ms']:.2f} ms, {base['latency_measurements']} "
-                  f"measurement(s), {base['latency_seconds']:.0f} s)", flush=True)
-    if not compiled.feasible:
-        row = _row(**base, final=True, val_top1=0.0, gmacs=compiled.gmacs, note="; ".join(compiled.notes),
-                   violation=compiled.violation)
-        report(row)
-        return row
-    epochs_done = 0
+    before = {PROMOTED_FROM: config[PROMOTED_FROM]} if PROMOTED_FROM in config else {}
 
-    def on_epoch(row: dict):
-        nonlocal epochs_done
-        epochs_done += 1
+    def on_epoch(base: dict, row: dict):
         report(_row(**base, final=False, val_top1=row["val_top1"], gmacs=row["gmacs"], plan_step=row["step_index"],
-                    epochs_done=epochs_done))
+                    epochs_done=row["epochs_done"]))
         faults.point("trial.epoch")
 
-    t0 = time.perf_counter()
-    if fidelity == SHORT.name and setup.adaptive_bn and any(s["step"] != "kd" for s in compiled.plan):
-        # the no-training fidelity, on the way: edits + BN recalibration, val (seconds beside the repairs)
-        _, untrained = run_plan(plan_at(compiled.plan, ADAPTIVE_BN), ctx, quiet=True, eval_test=False)
-        base["val_top1_adaptive_bn"] = untrained["val_top1"]
-    at = FIDELITIES[fidelity]
-    if at.total_epochs and setup.long_steps is not None:
-        at = replace(at, steps_per_epoch=setup.long_steps)
-    model, record = run_plan(plan_at(compiled.plan, at), ctx, on_epoch=on_epoch, quiet=setup.quiet, eval_test=False)
-    test_device = "cpu" if record["int8"] else ctx.device
-    record["test_top1"] = evaluate_split(model, ctx.ds.test, test_device, ctx.ds.resolution)
-    final = _row(**base, final=True, val_top1=record["val_top1"], test_top1=record["test_top1"],
-                 gmacs=record["gmacs"], params=record["params"], size_bytes=record["size_bytes"],
-                 int8=record["int8"], sparsity=record["sparsity"], train_seconds=time.perf_counter() - t0,
-                 epochs_done=epochs_done, keep_cfg=json.dumps(record["keep_cfg"], sort_keys=True), device=str(device),
-                 plan=json.dumps([s["step"] for s in record["plan"]]))
-    if record["int8"]:  # what ships is the converted torch.export program, not the FP32 state_dict
-        from m2mdc.deploy import shipped_size
-
-        final["size_bytes"], export_error = shipped_size(model, ctx.ds.resolution)
-        if export_error:
-            final["export_error"] = export_error
-    if setup.measure_latency:
-        from m2mdc.arch_latency import QUIET_ROUNDS
-        from m2mdc.latency import shipped_latency
-
-        t = shipped_latency(model, ctx.ds.resolution, record["int8"], batch=setup.latency_batch,
-                            threads=setup.latency_threads or setup.threads, rounds=QUIET_ROUNDS)
-        final.update(latency_ms=t["ms"], latency_spread_pct=t["spread_pct"], latency_backend=t["backend"],
-                     latency_batch=setup.latency_batch)
-    if out_dir is not None:
-        save_result(model, {**record, "search_config": config}, Path(out_dir) / "model")
+    trial = run_config(knobs_of(config), ctx, setup.target(), setup.spec(fidelity_of(config)),
+                       latency=setup.arch_latency() if setup.budget_ms is not None else None, before=before,
+                       on_epoch=on_epoch, quiet=setup.quiet, log=None if setup.quiet else _log)
+    final = _row(**trial.row(final=True))
+    if trial.feasible and out_dir is not None:
+        save_result(trial.model, {**trial.record, "search_config": config}, Path(out_dir) / "model")
     report(final)
     return final
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from m2mdc.config import nest
 from m2mdc.errors import UserError
 from m2mdc.knobs import KNOBS, ORDERS, SEARCH_RECIPES as MODES, TAIL_ORDERS  # noqa: F401 - re-exported
 
@@ -78,14 +79,7 @@ class Space:
 
     def param_space(self) -> dict:
         """The nested Ray Tune param_space (a per-stage knob nests as {knob: {stage: ...}})."""
-        out: dict = {}
-        for name, p in self.params.items():
-            head, _, tail = name.partition("/")
-            if tail:
-                out.setdefault(head, {})[tail] = p.to_tune()
-            else:
-                out[name] = p.to_tune()
-        return out
+        return nest(self.params, lambda p: p.to_tune())
 
     def sampled_names(self) -> list[str]:
         return [n for n, p in self.params.items() if p.sampled]

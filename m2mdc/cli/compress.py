@@ -21,6 +21,7 @@ from ..knobs import KNOBS
 from ..presets import PQD_EPOCHS, PQD_ORDERS
 from ..steps import describe_steps, validate_plan
 from ..train import pct
+from ..trial import TrialSpec, compile_trial, run_trial
 from .args import add_data_args, add_teacher_args, teacher_and_data
 
 
@@ -199,9 +200,11 @@ def main(argv=None):
         _check_same_teacher(init[2], cache_dir(a.arch, ds, recipe, a.out_dir), a.init_from)
     out = ensure_writable(out_root(a.out_dir) / "compress")
     ctx = prepare_context(a.arch, ds, recipe, device, a.out_dir)
+    spec = TrialSpec(recipe=a.preset, budget_gmacs=a.budget_gmacs, training=training, step_tests=True,
+                     deploy=not a.no_deploy)
     if not a.plan:
-        compiled = compile_config(config, target_of(ctx), recipe=a.preset, budget_gmacs=a.budget_gmacs,
-                                  training=training)
+        target = target_of(ctx)
+        compiled = compile_trial(config, target, spec)
         if not compiled.feasible:
             raise UserError(f"the configuration does not fit --budget-gmacs {a.budget_gmacs:g}: "
                             + "; ".join(compiled.notes))
@@ -213,7 +216,11 @@ def main(argv=None):
     folder = out / name
     print(f"{ds.describe()}; device {device}; plan: " + " -> ".join(s["step"] for s in plan), file=sys.stderr)
     print(teacher_line(ctx.teacher_record), flush=True)
-    model, record = run_plan(plan, ctx, deploy=not a.no_deploy, init=init and init[:2])
+    if a.plan or init:  # a plan given as data, or one continued from a saved result: the runner alone
+        model, record = run_plan(plan, ctx, deploy=not a.no_deploy, init=init and init[:2])
+    else:  # a configuration: the library's one trial path
+        trial = run_trial(config, ctx, target, spec, quiet=False, compiled=compiled)
+        model, record = trial.model, trial.record
     if init:
         prior = init[2]
         record["init_from"] = {"folder": str(a.init_from), "plan": prior["plan"], "steps": prior["steps"],

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import sys
 
-from ..compiler import compile_config, target_of
+from ..compiler import target_of
 from ..context import prepare_context
 from ..data import load_dataset
 from ..device import pick_device
 from ..errors import Parser, check_range, cli
 from ..io import ensure_writable, out_root
 from ..results import save_result
-from ..runner import run_plan
 from ..teacher import TeacherRecipe
+from ..trial import TrialSpec, run_trial
 
 LABELS = {"block_prune": "block-KD", "planes": "planes-KD", "mid": "inner-slice (mid-KD)"}
 
@@ -33,8 +33,9 @@ def main(argv=None):
     ds = load_dataset("digits")
     print(ds.describe(), file=sys.stderr)
     ctx = prepare_context("resnet18", ds, TeacherRecipe(epochs=30), device, a.out_dir)
-    compiled = compile_config({}, target_of(ctx), recipe="m2mdc", training={"epochs": a.kd_epochs})
-    model, rec = run_plan(compiled.plan, ctx)
+    trial = run_trial({}, ctx, target_of(ctx), TrialSpec(recipe="m2mdc", training={"epochs": a.kd_epochs},
+                                                         step_tests=True), quiet=False)
+    model, rec = trial.model, trial.record
     folder = save_result(model, rec, root / "compress" / "demo-resnet18-digits")
     t = ctx.teacher_record
     print(f"\n{'model':<22}{'val top-1':>10}{'test top-1':>11}{'params':>10}{'GMACs':>9}")
