@@ -9,6 +9,13 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+with warnings.catch_warnings():
+    # fvcore.nn's package import scripts its focal losses with torch.jit.script (fvcore/nn/focal_loss.py,
+    # `sigmoid_focal_loss_jit = torch.jit.script(...)`), which torch >= 2.10 reports as a FutureWarning in
+    # every process that counts MACs; nothing here uses those losses
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
+
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -16,8 +23,6 @@ def count_params(model: nn.Module) -> int:
 
 def gmacs(model: nn.Module, resolution: int = 32) -> float:
     """Multiply-accumulates of one (1,3,R,R) forward pass, in G (fvcore counts a MAC as one)."""
-    from fvcore.nn import FlopCountAnalysis
-
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -176,3 +176,17 @@ def test_depth_latency_config_rows_are_built_as_a_trial_builds_them():
         bench.architectures("resnet18", NC, 32, 0.02, {"q": {"qat": True}})
     with pytest.raises(UserError, match="must name every stage"):
         bench.architectures("resnet18", NC, 32, 0.02, {"s": {"planes_keep": {"layer1": 0.5}}})
+
+
+def test_counting_macs_raises_no_deprecation_warning_in_a_fresh_process():
+    """fvcore.nn's package import scripts its focal losses (torch.jit.script: a FutureWarning on torch >= 2.10)
+    and printed it inside every trial; m2mdc.metrics imports it with that one warning silenced."""
+    import subprocess
+    import sys
+
+    code = ("import torchvision, m2mdc.metrics as m; "
+            "print(m.gmacs(torchvision.models.resnet18(num_classes=100), 32))")
+    r = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "FutureWarning" not in r.stderr, r.stderr[-2000:]
+    assert float(r.stdout) == pytest.approx(0.0372, abs=1e-4)
