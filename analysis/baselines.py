@@ -38,9 +38,17 @@ import sys
 from pathlib import Path
 
 from m2mdc.cli.args import add_data_args, add_teacher_args, teacher_and_data
+from m2mdc.compiler import BASELINES, compile_within, dry_target, target_of
+from m2mdc.context import prepare_context
+from m2mdc.device import pick_device
 from m2mdc.errors import Parser, UserError, check_range, cli, plain_name
 from m2mdc.io import ensure_writable, out_root, write_json, write_text
+from m2mdc.knobs import knob_for, parse_labelled_configs
+from m2mdc.results import load_result
+from search.pareto import figure
 
+from analysis.finalize import (add_screen_args, best_member, check_screen_args, check_search_setting, finalize, members,
+                               parse_budgets, parse_seeds, screen_table, search_store)
 from analysis.study import BUDGETS, FIXED_KD, Run, execute, machine, mean_std, results_root
 
 
@@ -50,8 +58,6 @@ CONFIG_ROW = "{} (--config)"  # the row label of a --config configuration
 def parse_configs(texts: list[str]) -> dict[str, dict]:
     """--config LABEL=JSON (m2mdc.knobs.parse_labelled_configs), keyed by row label. KD knobs are refused:
     every row trains with the same FIXED_KD settings, which would silently override them."""
-    from m2mdc.knobs import knob_for, parse_labelled_configs
-
     configs: dict[str, dict] = {}
     for label, config in parse_labelled_configs(texts).items():
         shared = sorted(set(config) & {knob_for(setting) for setting in FIXED_KD})
@@ -65,8 +71,6 @@ def parse_configs(texts: list[str]) -> dict[str, dict]:
 def check_configs(configs: dict[str, dict], arch: str, num_classes: int, resolution: int, budget: float) -> None:
     """Every --config compiles to a plan within the budget (widths projected onto it, as a trial's are),
     checked on the architecture alone, before the teacher or any row trains."""
-    from m2mdc.compiler import compile_within, dry_target
-
     target = dry_target(arch, num_classes, resolution)
     for row, config in configs.items():
         compile_within(config, target, budget, row)
@@ -77,8 +81,6 @@ def baseline_runs(budget: str, seed: int, int8_seeds: list[int] | None = None,
     """The rows of one (budget, seed), then the user's ``configs`` (label -> knob values); the INT8
     latency rows (full-width PQD, Torch-Pruning + QAT) only at the short budget and, when ``int8_seeds``
     is given, only at those seeds."""
-    from m2mdc.compiler import BASELINES
-
     runs = [Run("uniform width (|BN gamma|, one repair)", "config", budget, seed, config=BASELINES["uniform width"]),
             Run("Torch-Pruning local (group-L1, one ratio)", "torch-pruning", budget, seed),
             Run("Torch-Pruning local (group Taylor, one ratio)", "torch-pruning", budget, seed,
@@ -94,8 +96,9 @@ def baseline_runs(budget: str, seed: int, int8_seeds: list[int] | None = None,
 
 def measure_latency(result: dict, models: Path) -> dict:
     """Batch-1 and batch-64 latency of a row's saved seed-0 model, as it ships (backend recorded)."""
+    # m2mdc.latency (torch._inductor, torchao) costs ~1.1 s more to import (python -X importtime); --help and
+    # the bad-input checks do not pay it
     from m2mdc.latency import shipped_latency
-    from m2mdc.results import load_result
 
     model, meta = load_result(models / f"{result['run']['budget']}-seed{result['run']['seed']}-{result['key']}")
     b1 = shipped_latency(model, meta.get("resolution", 32), bool(meta.get("int8")), batch=1, repeats=50)
@@ -149,8 +152,6 @@ def _ips(lat: dict) -> str:
 
 
 def plots(rows: dict[str, list[dict]], teacher: dict, latency: dict, budget: float, folder: Path, budgets) -> list:
-    from search.pareto import figure
-
     out = []
     files = {"gmacs": "baselines.png", "bs1_ms": "baselines-latency.png", "bs64_images_per_s": "baselines-throughput.png"}
     for x, label in (("gmacs", "GMACs (fvcore, 1 image)"), ("bs1_ms", "batch-1 latency (ms, as shipped)"),
@@ -178,9 +179,6 @@ def plots(rows: dict[str, list[dict]], teacher: dict, latency: dict, budget: flo
 
 @cli
 def main(argv=None):
-    from analysis.finalize import (add_screen_args, best_member, check_screen_args, finalize, parse_budgets,
-                                   parse_seeds, screen_table)
-
     p = Parser(prog="python analysis/baselines.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--budget-gmacs", type=float, required=True)
     p.add_argument("--experiment", action="append", default=[],
@@ -220,17 +218,12 @@ def main(argv=None):
     seeds_of = {b: long_seeds if b == "long" else seeds for b in budgets}
     if a.name is not None:
         plain_name(a.name, "--name", "resnet18-cifar100-b0.02-teacher30")
-    from m2mdc.compiler import target_of
-    from m2mdc.context import prepare_context
-    from m2mdc.device import pick_device
 
     root = out_root(a.out_dir)
     client = None
     if len(set(a.experiment)) < len(a.experiment):
         raise UserError(f"--experiment repeats a search ({', '.join(a.experiment)}); name each once")
     if a.experiment:
-        from analysis.finalize import check_search_setting, members, search_store
-
         client = search_store(a.mlflow_uri, root, a.experiment)
         for experiment in a.experiment:  # a wrong experiment fails before anything trains
             search, _ = members(client, experiment, a.budget_gmacs, a.k)
@@ -278,7 +271,7 @@ def main(argv=None):
         rows[f"search best (trial {best['trial_id']}), its own sampled KD settings"] = tuned
     latency = {}
     if not a.no_latency:
-        from m2mdc.latency import shipped_latency
+        from m2mdc.latency import shipped_latency  # ~1.1 s to import: only when timing (see measure_latency)
 
         print("[baselines] timing every row's seed-0 model, one after another", flush=True)
         t1 = shipped_latency(ctx.teacher, ds.resolution, int8=False, batch=1, repeats=50)

@@ -36,6 +36,8 @@ def main(argv=None):
         raise UserError(f"--samplers {a.samplers!r}: choose from {', '.join(SAMPLERS)}")
     if any(x in extra for x in ("--sampler", "--name")):
         raise UserError("do not pass --sampler or --name after --: this command sets them per search")
+    # search.driver imports Ray Tune, Optuna and the m2mdc models (~2.7 s, python -X importtime) that this CLI's
+    # --help and bad-input checks do not pay
     from search.driver import SEARCH_RECORD, search_folder
 
     def given(flag: str) -> str | None:  # a flag's value among the searches' arguments

@@ -19,7 +19,7 @@ from m2mdc.errors import Parser, UserError, cli
 
 def load_teacher(folder: Path):
     """A cached teacher folder: its record, and its weights (its model.pt, or the user's checkpoint it names)."""
-    from m2mdc.teacher import read_checkpoint
+    from m2mdc.teacher import read_checkpoint  # imports torch (~2.5 s): see main
 
     try:
         rec = json.loads((folder / "record.json").read_text())
@@ -40,6 +40,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     if not a.results and not a.teacher:
         raise UserError("nothing to measure: pass result folders and/or --teacher")
+    # these import torch, and m2mdc.deploy torch._inductor: ~4 s (python -X importtime) that this CLI's --help
+    # (0.1 s) and its bad-input checks do not pay
     from m2mdc import metrics
     from m2mdc.deploy import deployment_metrics
     from m2mdc.results import load_result

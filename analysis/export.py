@@ -18,18 +18,18 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from m2mdc.errors import Parser, UserError, cli
 from m2mdc.io import atomic_dir, ensure_writable, out_root, write_json
+from search.mlflow_store import open_client
 
 FORMATS = ("onnx", "torchscript", "state_dict")
 
 
 def fetch_model_dir(run_id: str, uri: str, dest: Path) -> Path:
-    from mlflow.exceptions import MlflowException
-
-    from search.mlflow_store import open_client
+    from mlflow.exceptions import MlflowException  # mlflow costs ~1.2 s to import; only --run-id needs it
 
     client = open_client(uri)
     try:
@@ -44,8 +44,6 @@ def fetch_model_dir(run_id: str, uri: str, dest: Path) -> Path:
 
 def export_onnx(model: torch.nn.Module, path: Path, resolution: int, atol: float) -> float:
     """Write ONNX (dynamic batch) and return max |onnxruntime - PyTorch| on a random batch."""
-    import onnxruntime as ort
-
     x = torch.randn(2, 3, resolution, resolution)
     torch.onnx.export(model, (x,), str(path), input_names=["images"], output_names=["logits"],
                       dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, dynamo=True)
@@ -69,6 +67,8 @@ def main(argv=None):
     p.add_argument("--dest", default=None, help="output folder (default OUT/export/RUN_OR_DIR-FORMAT)")
     p.add_argument("--atol", type=float, default=1e-4, help="max |onnxruntime - PyTorch| accepted (default 1e-4)")
     a = p.parse_args(argv)
+    # m2mdc.results (m2mdc.models, torchvision) adds ~1.3 s and search.tracking (ray.tune) ~2.6 s to the import
+    # (python -X importtime); --help and the argument errors do not pay them
     from m2mdc.results import load_result
     from search.tracking import default_uri
 

@@ -18,15 +18,20 @@ at the last budget and the K best by that val are finalized (``Search.screen_poo
 """
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
-from m2mdc.cli.args import add_data_args, add_teacher_args, teacher_and_data
+from m2mdc.cli.args import add_data_args, add_teacher_args, teacher_and_data, teacher_from_args
+from m2mdc.compiler import target_of
 from m2mdc.config import nest, parse_tracked
+from m2mdc.context import prepare_context
+from m2mdc.device import pick_device
 from m2mdc.errors import Parser, UserError, check_range, cli
 from m2mdc.io import ensure_writable, out_root, write_json, write_text
 
@@ -94,6 +99,8 @@ def saved_search_path(experiment: str) -> Path:
 def search_store(uri: str | None, root: Path, experiments: list[str]):
     """The MLflow store the searches wrote; None where this machine has no such store but every search
     has its saved record (a fresh clone): members() then reads the records."""
+    # search.tracking imports ray.tune (~1.2 s more, python -X importtime); the CLIs that import this module
+    # (finalize, baselines, pqd_ablation, proxy_*) do not pay it for --help or a bad argument
     from search.tracking import open_search_store
 
     try:
@@ -153,10 +160,6 @@ def check_search_setting(search: Search, a, experiment: str) -> None:
     """Members re-trained from another teacher or on other data would not be the search's members:
     the teacher and data flags must name what the search ran with (its parent run's params). Checked
     before any teacher is trained or loaded."""
-    import copy
-    from types import SimpleNamespace
-
-    from m2mdc.cli.args import teacher_from_args
 
     params = search.params
     if "dataset" not in params:
@@ -192,7 +195,7 @@ def check_search_setting(search: Search, a, experiment: str) -> None:
 def log_finalized(client, search: Search, member: dict, result: dict, screened: bool = False) -> None:
     """One MLflow child run of the search's parent per finalized (member, budget, seed); a screening
     run is one too, tagged ``screened``."""
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric, Param  # mlflow costs ~1.2 s to import; only a finalize run needs it
 
     parent = search.parent
     run = client.create_run(parent.info.experiment_id, run_name=f"finalized {member['trial_id']} "
@@ -293,9 +296,6 @@ def main(argv=None):
     seeds, budgets = parse_seeds(a.seeds), parse_budgets(a.budgets)
     check_range("--k", a.k, 1, 100)
     check_screen_args(a)
-    from m2mdc.compiler import target_of
-    from m2mdc.context import prepare_context
-    from m2mdc.device import pick_device
 
     root = out_root(a.out_dir)
     client = search_store(a.mlflow_uri, root, [a.experiment])

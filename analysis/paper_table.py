@@ -28,12 +28,21 @@ import sys
 import time
 from pathlib import Path
 
+from m2mdc import metrics
 from m2mdc.cli.args import add_data_args, add_teacher_args, dataset_from_args, teacher_from_args
+from m2mdc.compiler import compile_config, target_of
+from m2mdc.context import prepare_context
+from m2mdc.device import pick_device
 from m2mdc.errors import Parser, UserError, check_range, cli
 from m2mdc.io import ensure_writable, out_root, stable_hash, write_json, write_text
-from m2mdc.models import split_arch
+from m2mdc.knobs import setting_config
+from m2mdc.models import arch_id, split_arch
+from m2mdc.results import save_result
+from m2mdc.runner import run_plan
+from m2mdc.teacher import TeacherFile
 
-from analysis.study import mean_std
+from analysis.compress_table import rows_of
+from analysis.study import mean_std, results_root, teacher_sha
 
 SOURCE = "arXiv:2511.06842v2 (M2M-DC), abstract"
 # What the paper states for CIFAR-100 (its abstract; the full tables were not available offline).
@@ -98,8 +107,6 @@ def differences(report: dict) -> list[str]:
 
 def _m2mdc_config(fractions: dict) -> dict:
     """Knobs of the m2mdc recipe from fractions keyed by the step settings they set."""
-    from m2mdc.knobs import setting_config
-
     return setting_config(fractions)
 
 
@@ -107,9 +114,6 @@ def paper_size_config(ctx, target, arch: str) -> tuple[dict, dict]:
     """(prune ratio, planes keep, mid keep) whose student has the paper's params and GMACs shares
     of the teacher, on the GRID, priced by the compiler before any training; returns
     ({step setting: fraction}, {params_share, gmacs_share}) of the pick."""
-    from m2mdc import metrics
-    from m2mdc.compiler import compile_config
-
     want = PAPER[split_arch(arch)[0]]
     nc, adapter, cost = ctx.ds.num_classes, ctx.adapter, target.cost
     t_params = metrics.count_params(adapter.base_model(nc))
@@ -133,9 +137,6 @@ def paper_size_config(ctx, target, arch: str) -> tuple[dict, dict]:
 
 def stage_rows(record: dict, adapter) -> dict[str, dict]:
     """Per reported stage (block-KD, planes-KD, inner-slice): val/test top-1, params (both heads), GMACs."""
-    from analysis.compress_table import rows_of
-    from m2mdc import metrics
-
     out = {}
     kd_rows = [s for s in record["steps"] if s["step"] == "kd"]
     for (label, val, test, params, gmacs, _), step in zip(rows_of(record)[1:], kd_rows):
@@ -147,10 +148,6 @@ def stage_rows(record: dict, adapter) -> dict[str, dict]:
 def run_seed(ctx, plan: list[dict], root: Path, name: str, results: Path, adapter) -> dict:
     """One seed's stage rows: from its JSON under ``results`` when the plan and the teacher's weights
     match, else from a saved record of the same plan on the same teacher, else trained now."""
-    from analysis.study import teacher_sha
-    from m2mdc.results import save_result
-    from m2mdc.runner import run_plan
-
     sha = teacher_sha(ctx)
     small = results / f"{name.rsplit('-', 1)[0]}-{stable_hash({'plan': plan, 'teacher': sha}, 12)}.json"
     if small.exists():
@@ -185,8 +182,6 @@ def main(argv=None):
     add_teacher_args(p, arch=False)
     add_data_args(p)
     a = p.parse_args(argv)
-    from m2mdc.models import arch_id
-
     archs = [x.strip() for x in a.archs.split(",") if x.strip()]
     bad = [x for x in archs if split_arch(x)[0] not in PAPER]
     if bad or not archs:
@@ -202,12 +197,6 @@ def main(argv=None):
     check_range("--steps-per-epoch", a.steps_per_epoch, 0, 10 ** 9)
     archs = [x if split_arch(x)[1] != "torchvision" or "-" in x else arch_id(x, a.stem) for x in archs]
     source = teacher_from_args(a)
-
-    from analysis.study import results_root
-    from m2mdc import metrics
-    from m2mdc.compiler import compile_config, target_of
-    from m2mdc.context import prepare_context
-    from m2mdc.device import pick_device
 
     device = pick_device(a.device)
     ds = dataset_from_args(a, arch=archs[0])
@@ -296,8 +285,6 @@ def merged_with_earlier(report: dict, path: Path) -> dict:
 
 
 def teacher_summary(source) -> dict:
-    from m2mdc.teacher import TeacherFile
-
     if isinstance(source, TeacherFile):
         return {"source": "file", "file": source.path, "sha256": source.sha256}
     return {"source": "scratch" if source.weights == "none" else "finetune", "weights": source.weights,

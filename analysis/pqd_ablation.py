@@ -21,9 +21,15 @@ import sys
 from pathlib import Path
 
 from m2mdc.cli.args import add_data_args, add_teacher_args, teacher_and_data
+from m2mdc.compiler import target_of
+from m2mdc.context import prepare_context
+from m2mdc.device import pick_device
 from m2mdc.errors import Parser, UserError, cli
 from m2mdc.io import ensure_writable, out_root, write_json, write_text
+from m2mdc.presets import PQD_ORDERS, PQD_SPLIT
+from m2mdc.results import load_result
 
+from analysis.finalize import parse_seeds
 from analysis.study import BUDGETS, FIXED_KD, Run, execute, machine, mean_std, results_root
 
 LABEL = {"p": "P", "q": "Q", "d": "D"}
@@ -105,8 +111,9 @@ def table(short: list[dict], long: list[dict]) -> str:
 
 def int8_deployment(result: dict, models: Path) -> dict:
     """INT8 artefact size and compiled batch-1 / batch-64 latency of one finished run (all orders ship alike)."""
+    # m2mdc.deploy (m2mdc.latency: torch._inductor, torchao) costs ~1.2 s more to import (python -X importtime);
+    # --help, the bad-input checks and --no-latency runs do not pay it
     from m2mdc.deploy import deployment_metrics
-    from m2mdc.results import load_result
 
     model, meta = load_result(models / f"{result['run']['budget']}-seed{result['run']['seed']}-{result['key']}")
     d = deployment_metrics(model, meta.get("resolution", 32), int8=bool(meta.get("int8")))
@@ -128,9 +135,6 @@ def parse_orders(text: str, allowed, option: str, rule: str) -> list[str]:
 
 @cli
 def main(argv=None):
-    from analysis.finalize import parse_seeds
-    from m2mdc.presets import PQD_ORDERS, PQD_SPLIT
-
     p = Parser(prog="python analysis/pqd_ablation.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--orders", default=",".join(PQD_ORDERS), help="comma-separated orders (default: all six)")
@@ -147,9 +151,6 @@ def main(argv=None):
     long_chosen = None if a.long_orders is None else parse_orders(
         a.long_orders, [] if a.no_long else orders, "--long-orders",
         f"each must be one of --orders ({', '.join(orders)}), and not with --no-long")
-    from m2mdc.compiler import target_of
-    from m2mdc.context import prepare_context
-    from m2mdc.device import pick_device
 
     root = out_root(a.out_dir)
     source, ds = teacher_and_data(a)

@@ -23,8 +23,13 @@ import sys
 import numpy as np
 
 from m2mdc.cli.args import add_data_args, add_teacher_args, teacher_and_data
+from m2mdc.compiler import compile_config, design_point, target_of
+from m2mdc.context import prepare_context
+from m2mdc.device import pick_device
 from m2mdc.errors import Parser, UserError, check_range, cli
 from m2mdc.io import ensure_writable, out_root, write_json, write_text
+from m2mdc.knobs import knob_for
+from spaces import load_space
 
 from analysis.finalize import parse_seeds
 from analysis.proxy_rank import kendall_with_interval
@@ -60,9 +65,6 @@ def nest(flat: dict) -> dict:
 def design(space, target, budget: float, n: int, seed: int = 0, max_draws: int = 50) -> list[dict]:
     """``n`` configurations of ``space`` with distinct projected keep_cfgs, block-prune ratio and cost
     target each stratified over its range (drafts in rounds of n, each round a Latin hypercube)."""
-    from m2mdc.compiler import compile_config, design_point
-    from m2mdc.knobs import knob_for
-
     rng = np.random.default_rng(seed)
     pr = space.params[knob_for("block_prune.ratio")]
     lo_r, hi_r = (pr.low, pr.high) if pr.low is not None else (pr.fixed, pr.fixed)
@@ -103,11 +105,6 @@ def main(argv=None):
     seeds = parse_seeds(a.seeds)
     check_range("--n", a.n, 4, 1000)
     check_range("--budget-gmacs", a.budget_gmacs, 0.0, 1e6, lo_open=True)
-    from m2mdc.compiler import target_of
-    from m2mdc.knobs import knob_for
-    from m2mdc.context import prepare_context
-    from m2mdc.device import pick_device
-    from spaces import load_space
 
     source, ds = teacher_and_data(a)
     space = load_space(a.space or a.arch, arch=a.arch)

@@ -16,10 +16,16 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
+
 from m2mdc.cli.args import add_data_args, add_teacher_args, teacher_and_data
+from m2mdc.compiler import target_of
+from m2mdc.context import prepare_context
+from m2mdc.device import pick_device
 from m2mdc.errors import Parser, UserError, check_range, cli
 from m2mdc.io import ensure_writable, out_root, write_json, write_text
 
+from analysis.finalize import check_search_setting, config_of, member_run, members, parse_seeds
 from analysis.study import BUDGETS, execute, machine, results_root
 
 BOOTSTRAP = 2000
@@ -44,7 +50,8 @@ def spread_pick(items: list, n: int) -> list:
 
 def kendall_with_interval(short: list[float], long: list[float], seed: int = 0) -> dict:
     """Kendall's tau-b and its 95 % percentile-bootstrap interval over configurations."""
-    import numpy as np
+    # scipy.stats costs ~0.6 s more to import (python -X importtime); this CLI's and analysis/proxy_depth.py's
+    # --help and bad-input paths do not pay it
     from scipy.stats import kendalltau
 
     tau = float(kendalltau(short, long).statistic)
@@ -62,8 +69,6 @@ def kendall_with_interval(short: list[float], long: list[float], seed: int = 0) 
 
 @cli
 def main(argv=None):
-    from analysis.finalize import config_of, member_run, parse_seeds
-
     p = Parser(prog="python analysis/proxy_rank.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", required=True, help="a finished frontier search (its MLflow experiment)")
     p.add_argument("--n", type=int, default=12, help="configurations to re-train at both budgets (default 12)")
@@ -77,15 +82,10 @@ def main(argv=None):
     seeds = parse_seeds(a.seeds)
     check_range("--n", a.n, 3, 1000)
     check_range("--band", a.band, 0.0, 1.0, lo_open=True)
-    from m2mdc.compiler import target_of
-    from m2mdc.context import prepare_context
-    from m2mdc.device import pick_device
-    from search.tracking import open_search_store
+    from search.tracking import open_search_store  # imports ray.tune: ~1.2 s that --help and bad flags do not pay
 
     root = out_root(a.out_dir)
     client = open_search_store(a.mlflow_uri, root)
-    from analysis.finalize import check_search_setting, members
-
     search, _ = members(client, a.experiment, a.budget_gmacs or 1e9, 1)
     if search.parent is None:
         raise UserError(f"proxy_rank draws from every completed trial of {a.experiment!r}, which only its MLflow "

@@ -24,6 +24,7 @@ from m2mdc.objectives import METRICS, OBJECTIVE_SETS, OBJECTIVES, table_columns
 from search.outcome import COMPLETED
 from search.pareto import figure, frontier_plot, hypervolume, non_dominated, references
 from search.promotion import highest_fidelity
+from search.tracking import open_search_store
 
 
 @dataclass
@@ -150,7 +151,6 @@ def main(argv=None):
     p.add_argument("--out-dir", default=None)
     p.add_argument("--no-log", action="store_true", help="do not attach the plots to the search's parent run")
     a = p.parse_args(argv)
-    from search.tracking import open_search_store
 
     root = out_root(a.out_dir)
     client = open_search_store(a.mlflow_uri, root)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,9 +22,13 @@ from pathlib import Path
 
 import torch
 
+from m2mdc.compiler import compile_config
 from m2mdc.errors import UserError
 from m2mdc.fidelity import ADAPTIVE_BN, LONG, plan_at, split_epochs
 from m2mdc.io import stable_hash, write_json
+from m2mdc.knobs import setting_config
+from m2mdc.results import save_result
+from m2mdc.runner import run_plan
 
 
 def results_root() -> Path:
@@ -84,16 +89,12 @@ def teacher_sha(ctx) -> str:
 
 
 def _kd_knobs(run: Run, config: dict) -> dict:
-    from m2mdc.knobs import setting_config
-
     return config if run.tuned_kd else {**config, **setting_config(FIXED_KD)}
 
 
 def plan_of(run: Run, target, budget_gmacs: float) -> list[dict]:
     """The plan a run trains: Torch-Pruning's pruning then the budget's KD (the tp_prune step), or a
     config / pqd run compiled; then the budget's total epochs spread over its repairs."""
-    from m2mdc.compiler import compile_config
-
     b = BUDGETS[run.budget]
     if run.method == "torch-pruning":
         kd = {"step": "kd", "seed": run.seed, "steps_per_epoch": b["steps_per_epoch"],
@@ -129,9 +130,6 @@ def execute(run: Run, ctx, target, budget_gmacs: float, folder: Path, models: Pa
     ``need_model``: the caller times the model, so a saved result whose model is not on this machine
     (models live under outputs/, results under the committed results/) is trained again to save the
     model; the saved result, not the re-run's, is returned, marked ``model_retrained``."""
-    from m2mdc.results import save_result
-    from m2mdc.runner import run_plan
-
     sha = teacher_sha(ctx)
     key = run.key(sha, budget_gmacs)
     path = folder / f"{run.budget}-seed{run.seed}-{key}.json"
@@ -170,8 +168,6 @@ def execute(run: Run, ctx, target, budget_gmacs: float, folder: Path, models: Pa
 
 
 def machine() -> str:
-    import platform
-
     cpu = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -29,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from m2mdc.arch_latency import machine  # noqa: E402
 from m2mdc.errors import Parser, cli  # noqa: E402
 from m2mdc.io import out_root, write_json, write_text  # noqa: E402
 from search.faults import POINTS, TRACE_ENV  # noqa: E402
@@ -124,8 +125,6 @@ def report(state: dict) -> str:
 
 @cli
 def main(argv=None) -> int:
-    from m2mdc.arch_latency import machine
-
     p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kills", type=int, default=30, help="kills to reach in all (default 30)")
     p.add_argument("--kills-per-search", type=int, default=3, help="kills of one search before it resumes to its end")

@@ -27,11 +27,13 @@ import statistics
 import subprocess
 import sys
 import time
+from argparse import Namespace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from m2mdc.arch_latency import QUIET_ROUNDS, ArchLatency, machine  # noqa: E402
 from m2mdc.errors import Parser, UserError, check_range, cli  # noqa: E402
 from m2mdc.io import out_root, write_json, write_text  # noqa: E402
 
@@ -65,7 +67,8 @@ def build_parser() -> Parser:
 
 def remeasure(search_dir: Path, batch: int, threads: int, json_path: Path) -> None:
     """The fresh process: every finished trial's saved model, timed as it ships."""
-    from m2mdc.arch_latency import QUIET_ROUNDS
+    # m2mdc.latency (torch._inductor, torchao) and m2mdc.results (m2mdc.models, torchvision) add ~2.5 s to the
+    # import (python -X importtime); --help and --report do not pay them
     from m2mdc.latency import shipped_latency
     from m2mdc.results import load_result
 
@@ -84,9 +87,7 @@ def remeasure(search_dir: Path, batch: int, threads: int, json_path: Path) -> No
 def bounds(space_name: str, batch: int, threads: int, cache: Path):
     """(fastest configuration the space builds, full model) latencies on digits' shape (10 classes, 32x32),
     and the measurements (kept once the budget is known to be feasible)."""
-    from argparse import Namespace
-
-    from m2mdc.arch_latency import ArchLatency
+    # these import m2mdc.models (torchvision: ~1.3 s, python -X importtime) that --help and --report do not pay
     from m2mdc.cost import CostModel
     from m2mdc.models import get_adapter
     from search.frontier import check_latency_budget
@@ -156,7 +157,7 @@ def main(argv=None):
     check_range("--tolerance", a.tolerance, 0.0, 1.0)
     if a.budget_ms is not None:
         check_range("--budget-ms", a.budget_ms, 0.0, float("inf"), lo_open=True, hi_open=True)
-    from spaces import load_space
+    from spaces import load_space  # imports m2mdc.models (torchvision, ~1.3 s) that --help and --report do not pay
 
     load_space(a.space)  # a bad --space is one line before anything is timed
     root = out_root(a.out_dir)
@@ -267,8 +268,6 @@ def write_report(folder: Path, saved: dict) -> None:
 
 
 def machine_line(threads: int) -> str:
-    from m2mdc.arch_latency import machine
-
     m = machine()
     return f"{m['cpu']}, {threads} of {m['cpus']} CPUs, torch {m['torch']}"
 

@@ -28,7 +28,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from m2mdc.data import load_dataset  # noqa: E402
+from m2mdc.allocate import check_budget  # noqa: E402
+from m2mdc.cost import CostModel  # noqa: E402
+from m2mdc.data import load_dataset, num_classes_of  # noqa: E402
 from m2mdc.errors import Parser, check_range, cli  # noqa: E402
 from m2mdc.context import prepare_context  # noqa: E402
 from m2mdc.io import write_json  # noqa: E402
@@ -107,9 +109,6 @@ def main(argv=None):
     a = p.parse_args(argv)
     for flag in ("n", "kd_epochs", "steps_per_epoch", "teacher_epochs", "threads"):
         check_range(f"--{flag.replace('_', '-')}", getattr(a, flag), 1, 10 ** 6)
-    from m2mdc.allocate import check_budget
-    from m2mdc.cost import CostModel
-    from m2mdc.data import num_classes_of
 
     check_budget(CostModel(get_adapter("resnet18"), num_classes_of(a.dataset), 32), a.budget_gmacs)
     if a.side == "both":

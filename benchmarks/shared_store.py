@@ -13,8 +13,10 @@ median and range over the repeats. Writes OUT/benchmarks/shared_store/report.{js
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -25,17 +27,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from m2mdc.arch_latency import machine  # noqa: E402
 from m2mdc.errors import Parser, cli  # noqa: E402
 from m2mdc.io import out_root, write_json, write_text  # noqa: E402
+from search import mlflow_store  # noqa: E402
 
 EPOCHS = 5
 
 
 def writer(uri: str, experiment: str, runs: int, start_at: float) -> dict:
     """What a search's driver writes for ``runs`` trials, as fast as the store takes it."""
+    # mlflow costs ~1.2 s to import (python -X importtime): only the writer processes pay it, not --help
     from mlflow.entities import Metric, Param, RunTag
-
-    from search import mlflow_store
 
     while time.time() < start_at:
         time.sleep(0.005)
@@ -64,8 +67,6 @@ def writer(uri: str, experiment: str, runs: int, start_at: float) -> dict:
 
 
 def reader(uri: str, experiment: str, seconds: float, start_at: float) -> dict:
-    from search import mlflow_store
-
     while time.time() < start_at:
         time.sleep(0.005)
     client = mlflow_store.open_client(uri)
@@ -92,7 +93,6 @@ def one_repeat(writers: int, runs: int, wal: bool) -> dict:
                  str(start_at)])
     procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True) for cmd in role]
     outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
-    import sqlite3
 
     with sqlite3.connect(folder / "mlflow.db") as con:
         mode = con.execute("PRAGMA journal_mode").fetchone()[0]
@@ -126,7 +126,6 @@ def main(argv=None) -> int:
     if a.role == "reader":
         print(json.dumps(reader(a.uri, "shared", a.seconds, a.start_at)))
         return 0
-    from m2mdc.arch_latency import machine
 
     rows = {}
     for wal in (True, False):
@@ -156,8 +155,6 @@ def main(argv=None) -> int:
 
 
 def argparse_hidden():
-    import argparse
-
     return argparse.SUPPRESS
 
 

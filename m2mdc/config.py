@@ -1,9 +1,7 @@
 """A configuration of knobs, in one place: its validated form, its flat form (``knob/stage`` names, as Ray
 Tune's param space, MLflow params and --points files carry per-stage knobs), a per-stage spread, the
-parse of tracked strings, and a stable hash.
-
-    Config.of({"prune_ratio": 0.5, "planes_keep": {"layer1": 1.0, "layer2": 0.5}})
-    Config.from_tracked({"prune_ratio": "0.5", "planes_keep/layer1": "1.0", "planes_keep/layer2": "0.5"})
+parse of tracked strings, and a stable hash. A per-stage knob is nested as {knob: {stage: value}} and flat as
+``knob/stage`` entries; ``Config.from_tracked`` reads MLflow's strings back into numbers and booleans.
 """
 from __future__ import annotations
 

@@ -12,9 +12,34 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
+import ray
+from ray import tune
+from ray.tune import CLIReporter
+from ray.tune.schedulers import FIFOScheduler
+
+from m2mdc.arch_latency import QUIET_ROUNDS, machine
+from m2mdc.compiler import ChannelScores
+from m2mdc.context import prepare_context
 from m2mdc.data import Dataset
+from m2mdc.device import pick_device
 from m2mdc.errors import UserError
 from m2mdc.io import write_json
+from m2mdc.objectives import directions
+from m2mdc.trial_budget import channel_signals, cohort, max_reports
+
+from .early_stop import CollapseStoppingASHA
+from .faults import mark_search_group
+from .mlflow_store import open_client, sqlite_path
+from .optuna_search import ParetoSafeOptunaSearch, StudyOrderGenerator, make_sampler, origins
+from .outcome import REPORT_INDEX
+from .outcome import environment_failure as outcome_failure
+from .promotion import PromotionGenerator, PromotionSearcher, highest_fidelity, promotions, source_of
+from .ray_cluster import start_or_join
+from .reconcile import reconcile
+from .report import collect_rows, counts, front_of, pareto_markdown, write_outputs
+from .tracking import SearchTracker, TrialLogger
+from .trainable import SearchSetup, SharedSetup, compression_trial
 
 
 SEARCH_RECORD = "search.json"  # in a search's folder once it has started: identity and parent run, what --resume reads
@@ -76,10 +101,10 @@ class SearchRequest:
 def warm_store(uri: str, experiment: str) -> None:
     """Import MLflow and open an existing store while Ray starts. A SQLite store that does not exist
     yet is not opened (opening creates it), so a search that then fails to start writes nothing."""
-    from .mlflow_store import open_client, sqlite_path
-
     path = sqlite_path(uri)
     if path is not None and not path.exists():
+        # imported here on purpose: warm_store runs in a thread while Ray starts (run_search), and MLflow costs
+        # ~1.4 s to import that search/frontier.py's --help and bad-input checks do not pay
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - the import is most of the cost
         return
     open_client(uri).get_experiment_by_name(experiment)
@@ -88,12 +113,6 @@ def warm_store(uri: str, experiment: str) -> None:
 def build_setup(req: SearchRequest, device):
     """The shared inputs, built once: teacher (cached), teacher outputs, MI block scores, channel
     scores (allocator), and the teacher's shipped latency when latency is an objective."""
-    from m2mdc.compiler import ChannelScores
-    from m2mdc.trial_budget import channel_signals
-    from m2mdc.context import prepare_context
-
-    from .trainable import SearchSetup
-
     a, prof = req.args, req.profile
     ctx = prepare_context(a.arch, req.ds, req.teacher_recipe, device, a.out_dir, quiet=a.quiet)
     t = ctx.teacher_record
@@ -107,7 +126,7 @@ def build_setup(req: SearchRequest, device):
         ch_scores[signal]
     teacher = {k: t.get(k) for k in ("val_top1", "test_top1", "params", "gmacs", "size_bytes")}
     if "latency_ms" in req.objectives:
-        from m2mdc.arch_latency import QUIET_ROUNDS
+        # m2mdc.latency (torch._inductor, torchao) costs ~1.2 s to import (python -X importtime): only latency searches
         from m2mdc.latency import format_ms, shipped_latency
 
         lat = shipped_latency(ctx.teacher, req.ds.resolution, int8=False, batch=a.latency_batch,
@@ -126,7 +145,7 @@ def build_setup(req: SearchRequest, device):
 
 def log_search_inputs(tracker, parent: str, space, teacher: dict) -> None:
     """The parent run's inputs: the space file and the teacher's numbers."""
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric  # mlflow: ~0.5 s more to import, not paid by search/frontier.py's --help
 
     if Path(space.source).exists():
         tracker.client.log_artifact(parent, space.source)
@@ -139,8 +158,6 @@ def latency_tags(a) -> dict:
     """What the search's latency figures refer to: CPU model, threads, batch, torch version, backend."""
     if getattr(a, "budget_ms", None) is None and "latency" not in (a.objectives or ""):
         return {}
-    from m2mdc.arch_latency import machine
-
     m = machine()
     return {"latency_machine": f"{m['cpu']} | {a.latency_threads} threads of {m['cpus']} | batch {a.latency_batch} "
                                f"| torch {m['torch']} | inductor-compiled (FP32, or INT8 PT2E where QAT)"}
@@ -152,14 +169,6 @@ def trial_resources(req: SearchRequest) -> dict:
 
 
 def run_search(req: SearchRequest) -> int:
-    import ray
-
-    from m2mdc.device import pick_device
-
-    from .faults import mark_search_group
-    from .ray_cluster import start_or_join
-    from .report import collect_rows
-
     a, exp_dir, name = req.args, req.exp_dir, req.name
     device = pick_device(a.device)
     steps = req.training.get("steps_per_epoch")
@@ -226,8 +235,6 @@ def run_search(req: SearchRequest) -> int:
 
 def open_tracking(req: SearchRequest, teacher: dict):
     """The MLflow tracker and the search's parent run (the one it had, on resume)."""
-    from .tracking import SearchTracker
-
     a, space = req.args, req.space
     tracker = SearchTracker(req.mlflow_uri, req.name, req.root / "mlartifacts")
     params = {k: v for k, v in vars(a).items() if k not in ("resume", "command")}  # a resume's line differs
@@ -243,12 +250,6 @@ def open_tracking(req: SearchRequest, teacher: dict):
 
 def trial_runner(req: SearchRequest, setup, tracker, experiment: str, storage: Path):
     """The trainable and run config every Ray Tune experiment of the search shares."""
-    from ray import tune
-    from ray.tune import CLIReporter
-
-    from .tracking import TrialLogger
-    from .trainable import SharedSetup, compression_trial
-
     trainable = tune.with_resources(tune.with_parameters(compression_trial, shared=SharedSetup(setup)),
                                     trial_resources(req))
     reporter = CLIReporter(metric_columns={"val_top1": "val top-1", "gmacs": "GMACs", "epochs_done": "epochs"},
@@ -263,13 +264,6 @@ def promote_trials(req: SearchRequest, setup, tracker, rows: list[dict]):
     """The promotion rung (search/promotion.py): the best of each cost band trained again at the long
     budget, as a second Ray Tune experiment of the search (OUT/search/NAME/promotion), FIFO, every trial
     under its fixed id. None when nothing is promoted."""
-    import optuna
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-
-    from .optuna_search import origins
-    from .promotion import PromotionGenerator, PromotionSearcher, promotions
-
     a = req.args
     if a.promote == 0:
         return None
@@ -293,18 +287,6 @@ def promote_trials(req: SearchRequest, setup, tracker, rows: list[dict]):
 def tune_trials(req: SearchRequest, setup, tracker):
     """Run the trials with Ray Tune. On resume, the stores are reconciled first and Ray's trial table is
     rebuilt from the study (search/reconcile.py); Ray's own experiment checkpoint is not read."""
-    import optuna
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-
-    from m2mdc.trial_budget import cohort, max_reports
-    from m2mdc.objectives import directions
-
-    from .early_stop import CollapseStoppingASHA
-    from .optuna_search import ParetoSafeOptunaSearch, StudyOrderGenerator, make_sampler
-    from .outcome import REPORT_INDEX
-    from .reconcile import reconcile
-
     a, exp_dir, name, space = req.args, req.exp_dir, req.name, req.space
     storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / 'optuna.db'}")
     asha_state = None if a.no_asha else exp_dir / "asha-rungs.json"
@@ -340,12 +322,6 @@ def tune_trials(req: SearchRequest, setup, tracker):
 def report_search(req: SearchRequest, rows: list[dict], tracker, teacher: dict) -> None:
     """The end of a search: tables and plots beside the experiment, Pareto tags and members in MLflow. The
     front is read at the highest fidelity each configuration reached (search/promotion.py)."""
-    import optuna
-
-    from .optuna_search import origins
-    from .promotion import highest_fidelity, source_of
-    from .report import counts, front_of, pareto_markdown, write_outputs
-
     a = req.args
     study = optuna.load_study(study_name=req.name, storage=f"sqlite:///{req.exp_dir / 'optuna.db'}")
     origin = origins(study)
@@ -369,9 +345,7 @@ def report_search(req: SearchRequest, rows: list[dict], tracker, teacher: dict) 
 
 def environment_failure(exc: BaseException, req: SearchRequest) -> str | None:
     """One line for a failure of the machine or a service rather than of the search (None for any other error)."""
-    from .outcome import environment_failure as failure
-
-    return failure(exc, req.mlflow_uri, req.exp_dir / "optuna.db")
+    return outcome_failure(exc, req.mlflow_uri, req.exp_dir / "optuna.db")
 
 
 class _ReportedInOneLine(logging.Filter):

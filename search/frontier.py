@@ -13,24 +13,37 @@ Optuna SQLite study, pareto.csv / pareto.md / frontier.png, search.json).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
 import sys
 from pathlib import Path
 
+from m2mdc.allocate import check_budget
+from m2mdc.arch_latency import ArchLatency, machine
+from m2mdc.cli.args import add_data_args, add_teacher_args, teacher_and_data, teacher_from_args
+from m2mdc.compiler import (BASELINES, LATENCY_BASELINES, SHALLOWEST, compile_config, dry_target, fastest_configs,
+                            shallowest_config)
+from m2mdc.config import flatten
+from m2mdc.cost import CostModel
+from m2mdc.data import num_classes_of
+from m2mdc.device import pick_device
 from m2mdc.errors import Parser, UserError, check_range, cli
 from m2mdc.io import ensure_writable, out_root
+from m2mdc.knobs import KNOBS
+from m2mdc.models import get_adapter
 from m2mdc.objectives import OBJECTIVE_SETS
-from m2mdc.cli.args import add_data_args, add_teacher_args, teacher_and_data, teacher_from_args
 from search.driver import PROFILES, SEARCH_RECORD, SearchRequest, run_search, search_folder
+from search.optuna_search import SAMPLERS, origin_label
+from search.ray_cluster import check_reachable as check_ray, requested_address
+from search.tracking import check_experiment, check_reachable, default_uri
+from spaces import load_space
 
 ASHA_STOP_FRACTION = 0.25  # a trial in the bottom quarter at a rung has collapsed (search/early_stop.py)
 
 
 def build_parser() -> Parser:
-    from search.optuna_search import SAMPLERS
-
     p = Parser(prog="python search/frontier.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--budget-gmacs", type=float, default=None, help="hard GMACs budget per student (fvcore, 1 image); "
                    "required unless --budget-ms is given")
@@ -112,9 +125,6 @@ def project_point(point: dict, space, where: str) -> dict:
     """A configuration as the sampler sees it: the space's sampled knobs, each from ``point`` (flat
     ``knob/stage`` names, nested per-stage objects, or one value for every stage), else the knob
     table's default; knobs the space fixes keep the space's value."""
-    from m2mdc.knobs import KNOBS
-    from m2mdc.config import flatten
-
     flat = flatten(point)
     for name, value in list(flat.items()):  # one value for a knob the space samples per stage
         if name not in space.params and any(p.startswith(name + "/") for p in space.params):
@@ -141,9 +151,6 @@ def seeded_points(space, latency: bool = False) -> tuple[dict[str, dict], list[s
     trial budget the front can then never be worse than them on val. A point the space cannot express
     (a value outside a knob's range or choices, or a knob the space fixes at another value) is not bent
     into a different configuration: it is skipped, and the reason returned."""
-    from m2mdc.compiler import BASELINES, LATENCY_BASELINES, SHALLOWEST, shallowest_config
-    from m2mdc.config import flatten
-
     if space.mode != "fractions":
         return {}, [f"seeded baselines: none in a {space.mode!r} space (they are fractions configurations)"]
     points, skipped = {}, []
@@ -172,9 +179,6 @@ def check_latency_budget(a, space, cost, cache_dir=None):
     build: its largest block-prune ratio, every width at its minimum (one channel per group), INT8 too when
     the space samples QAT. Measured here (two compiles, before any teacher training); returns the
     measurements (read from ``cache_dir`` when there), to keep once the search starts."""
-    from m2mdc.arch_latency import ArchLatency
-    from m2mdc.compiler import compile_config, dry_target, fastest_configs
-
     if space.mode != "fractions":
         raise UserError(f"--budget-ms needs a fractions space (its widths can be scaled onto the budget); "
                         f"{space.source} is a {space.mode!r} space")
@@ -205,8 +209,6 @@ def check_latency_budget(a, space, cost, cache_dir=None):
 def gpus_per_trial(device: str, requested: float | None) -> float:
     """Trials run where the hardware is: a GPU each when the device is CUDA, unless told otherwise;
     never trials on the CPU beside a driver on CUDA (they would disagree on the device)."""
-    from m2mdc.device import pick_device
-
     cuda = pick_device(device).type == "cuda"
     gpus = (1.0 if cuda else 0.0) if requested is None else requested
     check_range("--gpus-per-trial", gpus, 0.0, 64.0)
@@ -258,8 +260,6 @@ def main(argv=None):
     a.gpus_per_trial = gpus_per_trial(a.device, a.gpus_per_trial)
     teacher_from_args(a)  # completes --arch with its stem
 
-    from spaces import load_space
-
     space = load_space(a.space or a.arch, arch=a.arch)
     seeded, skipped = seeded_points(space, latency=a.budget_ms is not None) if a.seed_baselines else ({}, [])
     given = _load_points(a.points, space)
@@ -269,8 +269,6 @@ def main(argv=None):
     fit = num_samples - len(given)  # a point the trial budget cannot run would wait in the study forever
     skipped += [f"seeded point {n!r} skipped: --num-samples {num_samples} leaves no trial for it"
                 for n in list(seeded)[fit:]]
-    from m2mdc.compiler import SHALLOWEST
-    from search.optuna_search import origin_label
 
     origins = [origin_label("prior" if n == SHALLOWEST else "seeded baseline", n) for n in list(seeded)[:fit]]
     origins += [origin_label("given", f"--points entry {i}") for i in range(len(given))]
@@ -278,10 +276,6 @@ def main(argv=None):
     for line in skipped:
         print(line, flush=True)
     points = seeded + given
-    from m2mdc.allocate import check_budget
-    from m2mdc.cost import CostModel
-    from m2mdc.data import num_classes_of
-    from m2mdc.models import get_adapter
 
     cost = CostModel(get_adapter(a.arch), num_classes_of(a.dataset, a.data_dir), a.resolution)
     gmacs_given = a.budget_gmacs is not None
@@ -303,8 +297,6 @@ def main(argv=None):
                 "kd_epochs": kd_epochs, "steps_per_epoch": steps, "teacher": repr(recipe),
                 "projection": a.projection, "promote": a.promote, "bands": a.bands}
     if a.budget_ms is not None:
-        from m2mdc.arch_latency import machine
-
         identity.update(budget_ms=a.budget_ms, latency_batch=a.latency_batch, latency_threads=a.latency_threads,
                         latency_cpu=machine()["cpu"])
     meta = None
@@ -327,12 +319,10 @@ def main(argv=None):
         raise UserError(f"a search named {name} already exists in {exp_dir}; pass --resume to continue it or "
                         f"--name for a new one")
     latency_check = check_latency_budget(a, space, cost, root / "latency") if a.budget_ms is not None else None
-    from search.tracking import check_experiment, check_reachable, default_uri
 
     mlflow_uri = a.mlflow_uri or default_uri(root)
     check_reachable(mlflow_uri)
     check_experiment(mlflow_uri, name)
-    from search.ray_cluster import check_reachable as check_ray, requested_address
 
     a.address = requested_address(a.address)
     check_ray(a.address)
@@ -347,8 +337,6 @@ def main(argv=None):
 def exit_without_final_gc(rc) -> None:
     """Exit skipping the interpreter's last garbage collection: it walks every object Ray, MLflow
     and torch created (3-4 s measured on 2 cores) only to free memory the OS reclaims anyway."""
-    import gc
-
     gc.freeze()
     sys.exit(rc)
 

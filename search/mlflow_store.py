@@ -41,6 +41,8 @@ def sqlite_path(uri: str) -> Path | None:
 def busy(exc: BaseException) -> bool:
     """Whether an MLflow error says the store is momentarily busy: SQLite's write lock held by another
     process past its timeout (a full disk or a read-only file is not retried)."""
+    # mlflow costs 0.5-1.3 s to import (python -X importtime): the CLIs importing this module (search/frontier.py,
+    # analysis/export.py, ...) do not pay it for --help or a bad argument
     from mlflow.exceptions import MlflowException
 
     return isinstance(exc, MlflowException) and "database is locked" in str(exc)
@@ -86,7 +88,7 @@ class RetryingClient:
 def open_client(uri: str) -> RetryingClient:
     """An MLflow client on ``uri``; a SQLite store is created (or checked) under its file lock, once
     per process, and set to WAL."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # 0.5-1.3 s to import: see busy()
 
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)

@@ -26,6 +26,7 @@ from optuna.samplers._lazy_random_state import LazyRandomState
 from ray.tune.experiment import Trial
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.utils.util import unflatten_dict
 
 from . import faults
 from .outcome import COMPLETED, FAILED, INFEASIBLE, STOPPED_EARLY, trial_status
@@ -172,8 +173,6 @@ class ParetoSafeOptunaSearch(OptunaSearch):
             self._completed_trials.add(trial_id)
 
     def _config_of(self, frozen) -> dict:
-        from ray.tune.utils.util import unflatten_dict
-
         return unflatten_dict(frozen.params)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:

@@ -10,8 +10,11 @@ import errno
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 from m2mdc.objectives import METRICS
+
+from .mlflow_store import STORE_FAILURES
 
 COMPLETED, STOPPED_EARLY, FAILED, INFEASIBLE = "completed", "stopped_early", "failed", "infeasible"
 STATUSES = (COMPLETED, STOPPED_EARLY, FAILED, INFEASIBLE)
@@ -94,11 +97,9 @@ def replay(trials_dir: Path, trial_id: str) -> dict | None:
 def environment_failure(exc: BaseException, mlflow_uri: str, study_file: Path | None = None) -> str | None:
     """One line for a failure of the machine or a service rather than of the search (None for any other
     error): what failed, and that ``--resume`` continues once it is mended."""
-    from urllib.parse import urlparse
-
+    # mlflow costs ~0.5 s more to import (python -X importtime); the CLIs importing this module (search/frontier.py,
+    # analysis/review.py, search/audit.py) do not pay it for --help or a bad argument
     from mlflow.exceptions import MlflowException
-
-    from .mlflow_store import STORE_FAILURES
 
     resume = "then continue with the same command plus --resume"
     for e in _chain(exc):

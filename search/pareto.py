@@ -10,6 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import moocore
+import numpy as np
+
 from m2mdc.objectives import METRICS, OBJECTIVES, directions
 
 
@@ -50,9 +53,6 @@ def hypervolume(rows: list[dict], objectives: Sequence[str], refs: dict[str, flo
     min-objective divided by its reference (so its corner is 1) and each max-objective (an accuracy
     in %) measured up from its reference (0): in % x shares of the references. moocore's public
     ``hypervolume`` (WFG-style exact algorithm, any number of objectives) on the minimisation form."""
-    import moocore
-    import numpy as np
-
     pts = []
     for r in rows:
         vec = []
@@ -75,6 +75,8 @@ def figure(path: Path, xlabel: str, ylabel: str, title: str = "", height: float 
            legend_outside: bool = False) -> Iterator:
     """Axes for one PNG plot (headless), written to ``path`` with grid and legend on exit (beside the
     axes with ``legend_outside``, for many long labels that would hide points)."""
+    # matplotlib.pyplot costs ~0.3-0.7 s to import (python -X importtime), which the CLIs importing this module
+    # (analysis/review.py, analysis/baselines.py, search/frontier.py, search/audit.py) do not pay for --help
     import matplotlib
 
     matplotlib.use("Agg")

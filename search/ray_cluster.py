@@ -49,6 +49,8 @@ def prepare_local_only() -> None:
     single-machine mode. Must run before Ray computes its node IP; the module constant is patched
     too in case Ray was imported already."""
     os.environ[LOCAL_ONLY_ENV] = "0"
+    # imported after the variable is set, on purpose: a Ray imported here for the first time reads it (and
+    # ray costs ~0.3 s to import, python -X importtime)
     import ray._private.ray_constants as rc
 
     rc.ENABLE_RAY_CLUSTER = False
@@ -80,7 +82,7 @@ def start_or_join(address: str | None, num_cpus: int, num_gpus: int | None, dash
     """``ray.init`` as described in the module docstring; returns a line saying what it did."""
     if address is None:
         prepare_local_only()
-    import ray
+    import ray  # after prepare_local_only(), on purpose: see there
 
     common = dict(include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level="ERROR",
                   ignore_reinit_error=True, configure_logging=True)
@@ -101,6 +103,7 @@ def _init(ray, address: str | None, num_cpus: int, num_gpus: int | None, common:
                 f"{f', {num_gpus} GPUs' if num_gpus else ''}; session {ctx.address_info.get('session_dir')}); "
                 f"pass --address to join a cluster")
     if address != "auto" and not address.startswith("ray://"):
+        # Ray's private module, imported only when joining HOST:PORT (after prepare_local_only's order, see there)
         from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
 
         maybe_enable_token_auth_if_token_available(warn_if_disabled=False)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import requests
 from ray.tune import Callback
 
 from m2mdc.config import flatten
@@ -47,8 +48,6 @@ def check_reachable(uri: str) -> None:
     """UserError (one line) unless the tracking store at ``uri`` can be used; writes nothing."""
     scheme = urlparse(uri).scheme
     if scheme in ("http", "https"):
-        import requests
-
         try:
             requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
         except Exception as e:  # noqa: BLE001 - any failure is the same user problem
@@ -124,6 +123,8 @@ class SearchTracker:
     def start_parent(self, name: str, params: dict, tags: dict, run_id: str | None = None) -> str:
         """The search's parent run: ``run_id`` (a resume), else the one a start that died early created
         (a search name has one parent run), else a new one."""
+        # mlflow costs ~0.5 s more to import (python -X importtime); analysis/review.py, search/audit.py and
+        # search/frontier.py import this module and do not pay it for --help or a bad argument
         from mlflow.entities import Param
 
         if run_id is None:
@@ -159,7 +160,7 @@ class SearchTracker:
                                        f"tags.role = 'trial'", max_results=10000)
 
     def run_for(self, trial) -> RunState:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # mlflow: ~0.5 s to import (see start_parent)
 
         tid = trial.trial_id
         if tid not in self.state:
@@ -185,7 +186,7 @@ class SearchTracker:
     def log_result(self, trial, result: dict) -> None:
         """A report's numbers as metrics (per-epoch ones at every epoch, all at the end) and, at the
         end, its text fields as tags, as METRICS declares them; each at most once per run."""
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import Metric, RunTag  # mlflow: ~0.5 s to import (see start_parent)
 
         st = self.run_for(trial)
         if st.closed:
@@ -215,7 +216,7 @@ class SearchTracker:
             faults.point("mlflow.final_logged")
 
     def end_trial(self, trial, error: bool = False) -> None:
-        from mlflow.entities import RunTag
+        from mlflow.entities import RunTag  # mlflow: ~0.5 s to import (see start_parent)
 
         st = self.run_for(trial)
         if st.closed:  # closed before a crash: what the store holds stands
@@ -235,9 +236,9 @@ class SearchTracker:
                status: str = "FINISHED") -> None:
         """Tag every trial run pareto=true/false, log the Pareto members' models and the parent's
         table + plot, close the parent run. Every write may be repeated by a resume."""
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # mlflow: ~0.5 s to import (see start_parent)
 
-        from mlflow.entities import RunTag
+        from mlflow.entities import RunTag  # mlflow: ~0.5 s to import (see start_parent)
 
         origin = {r["trial_id"]: r.get("origin") for r in rows}
         for i, (tid, st) in enumerate(self.state.items()):

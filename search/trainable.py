@@ -15,11 +15,16 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ray
 import torch
+from ray import tune
+from ray.util.client import ray as ray_client
 
+from m2mdc.arch_latency import ArchLatency
 from m2mdc.compiler import Target
 from m2mdc.context import Context
 from m2mdc.cost import CostModel
+from m2mdc.device import pick_device
 from m2mdc.io import write_json
 from m2mdc.objectives import METRICS
 from m2mdc.results import save_result
@@ -60,8 +65,6 @@ class SearchSetup:
     def arch_latency(self):
         """The pre-training latency of architectures (cached per machine), at the search's batch and threads."""
         if self._latency is None:
-            from m2mdc.arch_latency import ArchLatency
-
             ds = self.ctx.ds
             self._latency = ArchLatency(self.ctx.adapter, ds.num_classes, ds.resolution, batch=self.latency_batch,
                                         threads=self.latency_threads or self.threads,
@@ -114,9 +117,6 @@ class SharedSetup:
     _fetched: dict = {}  # object ref hex -> SearchSetup, per process
 
     def __init__(self, setup: SearchSetup):
-        import ray
-        from ray.util.client import ray as ray_client
-
         if ray_client.is_connected():  # Ray Client (--address ray://...) pickles on its own: a plain put
             self.ref = ray.put(setup)
             return
@@ -129,16 +129,12 @@ class SharedSetup:
     def get(self) -> SearchSetup:
         key = self.ref.hex()
         if key not in SharedSetup._fetched:
-            import ray
-
             SharedSetup._fetched.clear()  # a new search in this process: drop the last one's
             SharedSetup._fetched[key] = ray.get(self.ref)
         return SharedSetup._fetched[key]
 
 
 def _report(metrics_row: dict) -> None:
-    from ray import tune
-
     tune.report(metrics_row)
 
 
@@ -159,8 +155,6 @@ def run_trial(config: dict, setup: SearchSetup, report=_report, out_dir: Path | 
 
     Raises on a broken trial (e.g. a non-finite loss), which Ray records as a failed trial.
     """
-    from m2mdc.device import pick_device
-
     torch.set_num_threads(max(1, int(setup.threads)))
     ctx = setup.ctx
     device = pick_device("cuda" if setup.use_gpu else "cpu")
@@ -185,9 +179,6 @@ def run_trial(config: dict, setup: SearchSetup, report=_report, out_dir: Path | 
 
 def compression_trial(config: dict, shared: SharedSetup) -> None:
     """Ray Tune function trainable (``tune.with_parameters(compression_trial, shared=SharedSetup(setup))``)."""
-    import ray
-    from ray import tune
-
     setup = shared.get()
     context = tune.get_context()
     # With reuse_actors a reused worker's get_trial_dir() still names its first trial's folder
