@@ -33,7 +33,7 @@ from spaces import load_space
 
 from analysis.finalize import parse_seeds
 from analysis.proxy_rank import kendall_with_interval
-from analysis.study import BUDGETS, Run, execute, machine, results_root
+from analysis.study import BUDGETS, Run, execute, machine, results_root, saved_result
 
 CHEAP = ("adaptive_bn", "search", "short")  # each compared with "long"
 STRUCTURE_ONLY = {"qat": False, "sparsity": 0.0}  # the design varies shape and cost, nothing else
@@ -99,6 +99,8 @@ def main(argv=None):
     p.add_argument("--design-seed", type=int, default=0, help="seed of the design's draws (default 0)")
     p.add_argument("--space", default=None, help="space name or YAML path (default: the --arch's)")
     p.add_argument("--name", default=None, help="results folder name (default ARCH-DATASET-bBUDGET-nN-dSEED)")
+    p.add_argument("--partial", action="store_true", help="train nothing: the table over the architectures whose "
+                   "runs are all saved so far, marked partial (a long measurement's progress)")
     add_teacher_args(p)
     add_data_args(p)
     a = p.parse_args(argv)
@@ -121,14 +123,23 @@ def main(argv=None):
     for fidelity in (*CHEAP, "long"):  # every cheap number first: they are minutes, the long runs hours
         for i, arch in enumerate(archs):
             for seed in seeds:
+                run = Run(f"design {i}", "config", fidelity, seed, config=arch["config"], project="both")
+                if a.partial:
+                    got = saved_result(run, ctx, a.budget_gmacs, folder)
+                    if got is not None:
+                        vals[fidelity].setdefault(i, []).append(got["val_top1"])
+                    continue
                 print(f"[proxy-depth] {fidelity}: architecture {i + 1}/{len(archs)} ({arch['blocks']} blocks, "
                       f"{arch['gmacs']:.4f} GMACs), seed {seed}", flush=True)
-                run = Run(f"design {i}", "config", fidelity, seed, config=arch["config"], project="both")
                 got = execute(run, ctx, target, a.budget_gmacs, folder)
                 vals[fidelity].setdefault(i, []).append(got["val_top1"])
+    done = [i for i in range(len(archs)) if all(len(vals[f].get(i, [])) == len(seeds) for f in vals)]
+    if len(done) < 3:
+        raise UserError(f"only {len(done)} of {len(archs)} architectures have every run saved; tau needs 3")
+    archs = {i: archs[i] for i in done}
     rows = [{"arch": i, "blocks": arch["blocks"], "gmacs": arch["gmacs"], "cost_share": arch["gmacs"] / a.budget_gmacs,
              "block_ratio": arch["config"][knob_for("block_prune.ratio")], **{f: float(np.mean(vals[f][i])) for f in vals}}
-            for i, arch in enumerate(archs)]
+            for i, arch in archs.items()]
     stats = {f: kendall_with_interval([r[f] for r in rows], [r["long"] for r in rows]) for f in CHEAP}
     lines = ["| fidelity | what it trains | Kendall tau vs long | 95 % bootstrap interval |", "|---|---|---|---|"]
     for f in CHEAP:
@@ -141,7 +152,9 @@ def main(argv=None):
               "|---" * (5 + len(vals)) + "|"]
     detail += [f"| {r['arch']} | {r['blocks']} | {r['gmacs']:.4f} | {r['cost_share']:.2f} | {r['block_ratio']:.2f} | "
                + " | ".join(f"{r[f]:.2f}" for f in vals) + " |" for r in rows]
-    md = (f"Command: `{a.command}`\n\n" + "\n".join(lines) +
+    partial = (f"**Partial: {len(rows)} of {a.n} architectures have every run saved** (the rest resume with the "
+               f"same command without --partial).\n\n" if len(rows) < a.n else "")
+    md = (f"Command: `{a.command}`\n\n" + partial + "\n".join(lines) +
           f"\n\n{len(rows)} distinct architectures (projected keep_cfg), costs {min(r['cost_share'] for r in rows):.2f}"
           f"-{max(r['cost_share'] for r in rows):.2f} of {a.budget_gmacs:g} GMACs, "
           f"{min(r['blocks'] for r in rows)}-{max(r['blocks'] for r in rows)} blocks; seeds "

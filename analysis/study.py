@@ -124,6 +124,12 @@ def kd_settings(plan: list[dict]) -> dict:
     return kds[0] if kds else {}
 
 
+def saved_result(run: Run, ctx, budget_gmacs: float, folder: Path) -> dict | None:
+    """The run's saved result on this teacher, or None: what ``execute`` would reuse, without training."""
+    path = folder / f"{run.budget}-seed{run.seed}-{run.key(teacher_sha(ctx), budget_gmacs)}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def execute(run: Run, ctx, target, budget_gmacs: float, folder: Path, models: Path | None = None,
             quiet: bool = True, need_model: bool = False) -> dict:
     """The run's result, from ``folder`` when it was done before on this teacher, else trained now.
@@ -133,7 +139,7 @@ def execute(run: Run, ctx, target, budget_gmacs: float, folder: Path, models: Pa
     sha = teacher_sha(ctx)
     key = run.key(sha, budget_gmacs)
     path = folder / f"{run.budget}-seed{run.seed}-{key}.json"
-    saved = json.loads(path.read_text()) if path.exists() else None
+    saved = saved_result(run, ctx, budget_gmacs, folder)
     if saved is not None and not (need_model and models is not None and not (models / path.stem).exists()):
         return saved
     if saved is not None:

@@ -150,6 +150,26 @@ class Chain:
         return RUN_BY.get(self.name if self.name == OWN_MODEL else tool_of(shlex.split(self.commands[0])))
 
 
+def shrunk_key(argv: list[str]) -> tuple:
+    """What a command runs once shrunk (SHRINK's values, EXTRA's additions), fixtures left as named: two
+    commands with one key run the same thing, e.g. a benchmark quoted at two sizes in docs/."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a in SHRINK and i + 1 < len(argv):
+            if SHRINK[a] is not None:
+                out += [a, SHRINK[a]]
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    extra = EXTRA.get(tool_of(argv), [])
+    for j in range(0, len(extra), 2):
+        if extra[j] not in out:
+            out += extra[j:j + 2]
+    return tuple(sorted(out))
+
+
 def plan(commands: list[str]) -> tuple[list[Chain], list[tuple[str, str]]]:
     """The README's commands cut into chains, and the covered commands (only parsed) with their tests. A
     command that reads a search (review --experiment, latency_budget --search, export of the last search's member)
@@ -176,7 +196,7 @@ def plan(commands: list[str]) -> tuple[list[Chain], list[tuple[str, str]]]:
             if tool == "search/frontier.py":
                 by_search[last_search] = test
             continue
-        key = (tuple(sorted(argv)), last_search if "--run-id" in argv else None)  # an export reads the last search
+        key = (shrunk_key(argv), last_search if "--run-id" in argv else None)  # an export reads the last search
         if key in seen:
             continue
         seen.add(key)

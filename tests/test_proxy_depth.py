@@ -46,3 +46,10 @@ def test_design_spans_depth_and_cost_and_every_fidelity_is_trained_as_named(sear
     assert all(-1 <= s["tau"] <= 1 and -1 <= s["ci_low"] <= s["ci_high"] <= 1 for s in stats.values())
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "[study]" not in again.stdout  # every run reused, nothing trained
+    # --partial reports the architectures whose runs are all saved, trains nothing, and says it is partial
+    os.remove(next(p for p in folder.glob("long-seed0-*.json")))
+    part = subprocess.run([*cmd, "--partial"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert part.returncode == 0, part.stderr[-3000:]
+    assert "[study]" not in part.stdout and "Partial: 3 of 4 architectures" in part.stdout
+    assert len(json.loads((folder / "proxy_depth.json").read_text())["rows"]) == 3
+    assert len(list(folder.glob("long-seed0-*.json"))) == 3

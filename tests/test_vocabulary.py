@@ -87,6 +87,44 @@ def test_a_registered_step_runs_compiles_and_shows_everywhere(noop, digits, caps
     assert front == [trial] and "noop_strength=3" in table
 
 
+def test_a_registered_recipe_compiles_and_is_a_preset(capsys):
+    """A recipe is one module calling register_recipe (m2mdc/recipes/): compile_config dispatches to it and
+    the compress CLI offers it as a --preset."""
+    from m2mdc.compiler import RECIPES, CompiledPlan, Recipe, kd_step, register_recipe
+
+    def compile_full_width(r):
+        cost = r.target.cost
+        full = cost.keep_cfg(frozenset(cost.blocks), cost.full_knob_widths)
+        return CompiledPlan([kd_step(r.kd)], full, cost.full_gmacs, cost.full_gmacs)
+
+    register_recipe(Recipe("full-width-kd", compile_full_width, "the teacher's architecture, distilled (a test)"))
+    try:
+        compiled = compile_config({}, dry_target("resnet18", 10, 32), recipe="full-width-kd", training={"epochs": 1})
+        assert [s["step"] for s in compiled.plan] == ["kd"] and compiled.gmacs == pytest.approx(0.0372, abs=1e-4)
+        from m2mdc.cli.compress import main as compress
+
+        with pytest.raises(SystemExit):
+            compress(["--help"])
+        assert "full-width-kd" in capsys.readouterr().out
+    finally:
+        del RECIPES["full-width-kd"]
+
+
+def test_a_registered_family_is_an_architecture():
+    """A family is one module with its adapter and a register_family line (m2mdc/models/): get_adapter finds it."""
+    from m2mdc.models import FAMILIES, Family, get_adapter, register_family
+    from m2mdc.models.resnet import ResNetAdapter
+
+    register_family(Family("resnet-test", ResNetAdapter, ("resnext101_32x8d_test",)))
+    try:
+        with pytest.raises(AttributeError):  # found as a family; torchvision has no such builder
+            get_adapter("resnext101_32x8d_test")
+        with pytest.raises(ValueError, match="registered already"):
+            register_family(Family("resnet-again", ResNetAdapter, ("resnet18",)))
+    finally:
+        del FAMILIES["resnet-test"]
+
+
 # Knob names that are nothing else (not a step, a step setting or a metric): a config key or
 # subscript spelled with one of them outside the knob table and the compiler is vocabulary leaking.
 def _knob_only_names():
