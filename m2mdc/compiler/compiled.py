@@ -71,7 +71,6 @@ class Recipe:
     name: str
     compile: Callable[[Request], CompiledPlan]
     doc: str
-    fits_widths: bool = False  # projects its widths onto a budget itself (else a latency budget only checks it)
 
 
 RECIPES: dict[str, Recipe] = {}

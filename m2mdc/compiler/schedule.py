@@ -1,6 +1,7 @@
 """From structural edits to a plan: KD repairs as the schedule says, then the tail stages (sparsity, QAT)."""
 from __future__ import annotations
 
+from ..config import spread
 from ..cost import CostModel
 from ..distill import KDConfig
 from ..errors import UserError
@@ -37,4 +38,4 @@ def planes_fractions(v: dict, cost: CostModel) -> dict[str, float]:
     if isinstance(p, dict) and set(p) != set(cost.stage_blocks):
         raise UserError(f"planes_keep per stage must name every stage of this model, {', '.join(cost.stage_blocks)}; "
                         f"got {', '.join(map(str, p)) or 'none'} (or give one fraction for all)")
-    return {s: float(p[s]) if isinstance(p, dict) else float(p) for s in cost.stage_blocks}
+    return {s: float(x) for s, x in spread(p, cost.stage_blocks).items()}

@@ -87,4 +87,4 @@ def compile_fractions(r: Request) -> CompiledPlan:
 
 
 register_recipe(Recipe("fractions", compile_fractions, "MI block pruning and width fractions, projected onto the "
-                       "cost target", fits_widths=True))
+                       "cost target"))
