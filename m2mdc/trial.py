@@ -78,13 +78,15 @@ def compile_trial(config: dict, target: Target, spec: TrialSpec, latency=None) -
 
 def run_trial(config: dict, ctx, target: Target, spec: TrialSpec, *, latency=None, before: dict | None = None,
               on_epoch: Callable[[dict, dict], None] | None = None, quiet: bool = True,
-              log: Callable[[str], None] | None = None, compiled: CompiledPlan | None = None) -> Trial:
+              log: Callable[[str], None] | None = None, compiled: CompiledPlan | None = None,
+              init: nn.Module | None = None) -> Trial:
     """Compile ``config`` against ``target`` and, when feasible, train and measure it on ``ctx`` (its device).
 
     ``latency``: an m2mdc.arch_latency.ArchLatency, for ``spec.budget_ms``. ``before``: fields the caller
     adds to every row (e.g. which trial a promoted one came from). ``on_epoch(before, row)`` sees every
     training epoch with the pre-training fields as they stand (the adaptive-BN val included). ``compiled``:
     the configuration compiled already (compile_trial with the same spec), e.g. to show its plan first.
+    ``init``: the FP32 module the plan starts from when it is not the teacher (same architecture).
     """
     t_plan = time.perf_counter()
     compiled = compiled or compile_trial(config, target, spec, latency)
@@ -108,7 +110,8 @@ def run_trial(config: dict, ctx, target: Target, spec: TrialSpec, *, latency=Non
     t0 = time.perf_counter()
     if spec.fidelity == SHORT.name and spec.adaptive_bn and any(s["step"] != "kd" for s in compiled.plan):
         # the no-training fidelity, on the way: edits + BN recalibration, val (seconds beside the repairs)
-        _, untrained = run_plan(plan_at(compiled.plan, ADAPTIVE_BN), ctx, quiet=True, eval_test=False)
+        _, untrained = run_plan(plan_at(compiled.plan, ADAPTIVE_BN), ctx, quiet=True, eval_test=False,
+                                init=None if init is None else (init, None))
         base["val_top1_adaptive_bn"] = untrained["val_top1"]
     at = FIDELITIES[spec.fidelity]
     if at.total_epochs and spec.long_steps is not None:
@@ -122,7 +125,7 @@ def run_trial(config: dict, ctx, target: Target, spec: TrialSpec, *, latency=Non
             return on_epoch(base, {**row, "epochs_done": epochs_done})
 
     model, record = run_plan(plan_at(compiled.plan, at), ctx, on_epoch=each_epoch, quiet=quiet,
-                             eval_test=spec.step_tests, deploy=spec.deploy)
+                             eval_test=spec.step_tests, deploy=spec.deploy, init=None if init is None else (init, None))
     res = ctx.ds.resolution
     if spec.eval_test and not spec.step_tests:  # only the final model's (the runner measured every step's)
         record["test_top1"] = evaluate_split(model, ctx.ds.test, "cpu" if record["int8"] else ctx.device, res)

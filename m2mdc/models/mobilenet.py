@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from torch import nn
+from torchvision.models.mobilenetv2 import MobileNetV2
 
 from .base import Adapter, Group, GroupKind, mid_groups, planes_group
 from .registry import Family, register_family
@@ -98,5 +99,14 @@ class MobileNetV2Adapter(Adapter):
                                  f" != block_in_C={convs[0].in_channels}")
 
 
+def recognise(model: nn.Module) -> tuple[str, str] | None:
+    """A torchvision MobileNetV2 instance (a subclass too); its stem by the first conv's stride."""
+    if not isinstance(model, MobileNetV2) or len(model.features) != TAIL + 1:
+        return None
+    stride = model.features[0][0].stride
+    stem = {(2, 2): "torchvision", (1, 1): "cifar"}.get(stride)
+    return ("mobilenet_v2", stem) if stem else None
+
+
 register_family(Family("mobilenet_v2", MobileNetV2Adapter, ("mobilenet_v2",),
-                       {"mobilenet_v2": "MobileNet_V2_Weights.IMAGENET1K_V2"}))
+                       {"mobilenet_v2": "MobileNet_V2_Weights.IMAGENET1K_V2"}, recognise))

@@ -4,6 +4,9 @@ package's ``get_adapter`` and the CLIs' --arch choices read it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
 
 from .base import Adapter
 
@@ -14,6 +17,8 @@ class Family:
     adapter: type[Adapter]
     archs: tuple[str, ...]  # torchvision model names
     imagenet_weights: dict[str, str] = field(default_factory=dict)  # arch -> torchvision weights enum member
+    # a module instance -> (torchvision arch, stem) when it is one of this family's structures, else None
+    recognise: Callable[[nn.Module], tuple[str, str] | None] | None = None
 
 
 FAMILIES: dict[str, Family] = {}
@@ -30,3 +35,12 @@ def register_family(family: Family) -> Family:
 def family_of(arch: str) -> Family | None:
     """The family that covers a torchvision architecture name, or None."""
     return next((f for f in FAMILIES.values() if arch in f.archs), None)
+
+
+def recognise(model: nn.Module) -> tuple[str, str] | None:
+    """(torchvision arch, stem) of a module instance, read from its structure by the family that fits it."""
+    for family in FAMILIES.values():
+        found = family.recognise(model) if family.recognise is not None else None
+        if found is not None:
+            return found
+    return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from torch import nn
-from torchvision.models.resnet import Bottleneck
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from .base import Adapter, Group, GroupKind, mid_groups, planes_group
 from .registry import Family, register_family
@@ -91,6 +91,35 @@ class ResNetAdapter(Adapter):
                 raise ValueError(f"residual invariant broken in {name}: conv_out_C={last.out_channels} != {what}={ref}")
 
 
+# (block, blocks per stage, conv groups, width per group) -> torchvision's name
+_STRUCTURES = {
+    ("basic", (2, 2, 2, 2), 1, 64): "resnet18", ("basic", (3, 4, 6, 3), 1, 64): "resnet34",
+    ("bottleneck", (3, 4, 6, 3), 1, 64): "resnet50", ("bottleneck", (3, 4, 23, 3), 1, 64): "resnet101",
+    ("bottleneck", (3, 8, 36, 3), 1, 64): "resnet152", ("bottleneck", (3, 4, 6, 3), 1, 128): "wide_resnet50_2",
+    ("bottleneck", (3, 4, 23, 3), 1, 128): "wide_resnet101_2", ("bottleneck", (3, 4, 6, 3), 32, 4): "resnext50_32x4d",
+    ("bottleneck", (3, 4, 23, 3), 32, 8): "resnext101_32x8d", ("bottleneck", (3, 4, 23, 3), 64, 4): "resnext101_64x4d"}
+
+
+def recognise(model: nn.Module) -> tuple[str, str] | None:
+    """A torchvision ResNet / ResNeXt / wide ResNet instance (a subclass too) by its blocks and widths;
+    its stem by the first conv (7x7/2 + max pool, or the CIFAR 3x3/1 without)."""
+    if not isinstance(model, ResNet):
+        return None
+    first = model.layer1[0]
+    block = "bottleneck" if isinstance(first, Bottleneck) else "basic" if isinstance(first, BasicBlock) else None
+    groups = first.conv2.groups if block == "bottleneck" else 1
+    width = first.conv1.out_channels // groups if block == "bottleneck" else 64
+    arch = _STRUCTURES.get((block, tuple(len(getattr(model, s)) for s in STAGES), groups, width))
+    conv = model.conv1
+    if conv.kernel_size == (3, 3) and conv.stride == (1, 1) and isinstance(model.maxpool, nn.Identity):
+        stem = "cifar"
+    elif conv.kernel_size == (7, 7) and conv.stride == (2, 2) and isinstance(model.maxpool, nn.MaxPool2d):
+        stem = "torchvision"
+    else:
+        stem = None
+    return (arch, stem) if arch and stem else None
+
+
 register_family(Family("resnet", ResNetAdapter, (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",
     "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d"), {
@@ -100,4 +129,4 @@ register_family(Family("resnet", ResNetAdapter, (
     "wide_resnet101_2": "Wide_ResNet101_2_Weights.IMAGENET1K_V2",
     "resnext50_32x4d": "ResNeXt50_32X4D_Weights.IMAGENET1K_V2",
     "resnext101_32x8d": "ResNeXt101_32X8D_Weights.IMAGENET1K_V2",
-    "resnext101_64x4d": "ResNeXt101_64X4D_Weights.IMAGENET1K_V1"}))
+    "resnext101_64x4d": "ResNeXt101_64X4D_Weights.IMAGENET1K_V1"}, recognise))
