@@ -159,3 +159,13 @@ def test_bad_input_is_one_error_saying_what_to_fix(case, match):
         model.fc = nn.Sequential(nn.Dropout(0.2), nn.Linear(512, 10))
     with pytest.raises(m2mdc.UserError, match=match):
         m2mdc.compress(model, train, val, kd_epochs=1, steps_per_epoch=1, **kw)
+
+
+def test_readme_python_block_is_the_example_ci_runs():
+    """Every line of the README's Python blocks is a line of an example script (which the tests run)."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    examples = "\n".join(p.read_text() for p in (REPO / "examples").glob("*.py"))
+    lines = [ln.strip() for b in re.findall(r"```python\n(.*?)```", readme, re.S) for ln in b.splitlines()]
+    assert lines and all(ln in examples for ln in lines if ln), [ln for ln in lines if ln and ln not in examples]
