@@ -31,6 +31,8 @@ from m2mdc.io import ensure_writable, out_root, write_json, write_text
 from m2mdc.knobs import knob_for
 from spaces import load_space
 
+from search.promotion import band_edges, band_of
+
 from analysis.finalize import parse_seeds
 from analysis.proxy_rank import kendall_with_interval
 from analysis.study import BUDGETS, Run, execute, machine, results_root, saved_result
@@ -38,6 +40,7 @@ from analysis.study import BUDGETS, Run, execute, machine, results_root, saved_r
 CHEAP = ("adaptive_bn", "search", "short")  # each compared with "long"
 STRUCTURE_ONLY = {"qat": False, "sparsity": 0.0}  # the design varies shape and cost, nothing else
 COST_RANGE = (0.3, 1.0)
+BANDS = 3  # the search's default cost bands (search/frontier.py --bands)
 
 
 def _draw(param, rng):
@@ -148,6 +151,24 @@ def main(argv=None):
                 f"{b['epochs']} KD epochs of {b['steps_per_epoch']} batches {'per repair' if b.get('per_repair') else 'in all'}")
         s = stats[f]
         lines.append(f"| {f} | {what} | **{s['tau']:.2f}** | {s['ci_low']:.2f} to {s['ci_high']:.2f} |")
+    lines += ["", f"Within the search's {BANDS} cost bands (what promotion ranks: search/promotion.py), tau vs long and "
+              "the long-budget val lost by promoting each fidelity's best instead of the band's long-budget best:", "",
+              "| band (GMACs) | architectures | " + " | ".join(f"{f}: tau / lost" for f in CHEAP) + " |",
+              "|---|---|" + "---|" * len(CHEAP)]
+    from scipy.stats import kendalltau  # ~0.6 s of import, as in analysis/proxy_rank.py: not on --help
+
+    edges = band_edges(a.budget_gmacs, BANDS)
+    for b in range(BANDS):
+        inside = [r for r in rows if band_of(r["gmacs"], edges) == b]
+        if len(inside) < 2:
+            continue
+        best = max(r["long"] for r in inside)
+        cells = []
+        for f in CHEAP:
+            tau = float(kendalltau([r[f] for r in inside], [r["long"] for r in inside]).statistic)
+            lost = best - max(inside, key=lambda r: r[f])["long"]
+            cells.append(f"{tau:.2f} / {lost:.2f}")
+        lines.append(f"| {edges[b]:.4f}-{edges[b + 1]:.4f} | {len(inside)} | " + " | ".join(cells) + " |")
     detail = ["| # | blocks | GMACs | share of budget | prune ratio | " + " | ".join(f"val {f}" for f in vals) + " |",
               "|---" * (5 + len(vals)) + "|"]
     detail += [f"| {r['arch']} | {r['blocks']} | {r['gmacs']:.4f} | {r['cost_share']:.2f} | {r['block_ratio']:.2f} | "

@@ -34,7 +34,8 @@ from .mlflow_store import open_client, sqlite_path
 from .optuna_search import ParetoSafeOptunaSearch, StudyOrderGenerator, make_sampler, origins
 from .outcome import REPORT_INDEX
 from .outcome import environment_failure as outcome_failure
-from .promotion import PromotionGenerator, PromotionSearcher, highest_fidelity, promotions, source_of
+from .promotion import PROMOTE_BY, PromotionGenerator, PromotionSearcher, highest_fidelity, promotions, source_of
+from .console import TrialConsole
 from .ray_cluster import start_or_join
 from .reconcile import reconcile
 from .report import collect_rows, counts, front_of, pareto_markdown, write_outputs
@@ -237,7 +238,8 @@ def open_tracking(req: SearchRequest, teacher: dict):
     """The MLflow tracker and the search's parent run (the one it had, on resume)."""
     a, space = req.args, req.space
     tracker = SearchTracker(req.mlflow_uri, req.name, req.root / "mlartifacts")
-    params = {k: v for k, v in vars(a).items() if k not in ("resume", "command")}  # a resume's line differs
+    # a resume's command line differs; --verbose only changes what the console shows
+    params = {k: v for k, v in vars(a).items() if k not in ("resume", "command", "verbose")}
     parent = tracker.start_parent(req.name, {**params, "space": space.source, "space_digest": space.digest},
                                   {"budget_gmacs": str(a.budget_gmacs), "arch": a.arch, "dataset": req.ds.name,
                                    "objectives": ",".join(req.objectives), "command": a.command[:5000],
@@ -248,15 +250,18 @@ def open_tracking(req: SearchRequest, teacher: dict):
     return tracker, parent
 
 
-def trial_runner(req: SearchRequest, setup, tracker, experiment: str, storage: Path):
-    """The trainable and run config every Ray Tune experiment of the search shares."""
+def trial_runner(req: SearchRequest, setup, tracker, experiment: str, storage: Path, total: int, stage: str):
+    """The trainable and run config every Ray Tune experiment of the search shares: a line per trial start
+    and end and a progress bar (search/console.py); Ray's status table only with --verbose."""
     trainable = tune.with_resources(tune.with_parameters(compression_trial, shared=SharedSetup(setup)),
                                     trial_resources(req))
+    verbose = req.args.verbose
     reporter = CLIReporter(metric_columns={"val_top1": "val top-1", "gmacs": "GMACs", "epochs_done": "epochs"},
-                           max_report_frequency=60, sort_by_metric=False)
-    run_config = tune.RunConfig(name=experiment, storage_path=str(storage), callbacks=[TrialLogger(tracker)],
+                           max_report_frequency=60, sort_by_metric=False) if verbose else None
+    run_config = tune.RunConfig(name=experiment, storage_path=str(storage),
+                                callbacks=[TrialLogger(tracker), TrialConsole(total, stage)],
                                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                                verbose=1, progress_reporter=reporter)
+                                verbose=1 if verbose else 0, progress_reporter=reporter)
     return trainable, run_config
 
 
@@ -268,13 +273,14 @@ def promote_trials(req: SearchRequest, setup, tracker, rows: list[dict]):
     if a.promote == 0:
         return None
     study = optuna.load_study(study_name=req.name, storage=f"sqlite:///{req.exp_dir / 'optuna.db'}")
-    chosen = promotions(req.exp_dir, rows, a.budget_gmacs, a.promote, a.bands, origins(study))
+    chosen = promotions(req.exp_dir, rows, a.budget_gmacs, a.promote, a.bands, origins(study),
+                        PROMOTE_BY[a.promote_by])
     if not chosen:
         print("[promotion] no completed trial to promote", flush=True)
         return None
-    print(f"[promotion] {len(chosen)} trial(s) to the long budget (the {a.promote} best by val of each of "
-          f"{a.bands} cost bands): {', '.join(c['source'] for c in chosen)}", flush=True)
-    trainable, run_config = trial_runner(req, setup, tracker, "promotion", req.exp_dir)
+    print(f"[promotion] {len(chosen)} trial(s) to the long budget (the {a.promote} best by {a.promote_by} val of "
+          f"each of {a.bands} cost bands): {', '.join(c['source'] for c in chosen)}", flush=True)
+    trainable, run_config = trial_runner(req, setup, tracker, "promotion", req.exp_dir, len(chosen), "promotion")
     searcher = PromotionSearcher(chosen)
     generator = PromotionGenerator(searcher, a.max_concurrent)
     tuner = tune.Tuner(trainable, run_config=run_config,
@@ -300,7 +306,7 @@ def tune_trials(req: SearchRequest, setup, tracker):
             print(f"[resume] {len(study.trials)} trials in the study, {len(ledger)} of them ended; re-creating them "
                   f"in order (ended ones report their recorded result without training)", flush=True)
     quiet_environment_failures(req)
-    trainable, run_config = trial_runner(req, setup, tracker, name, exp_dir.parent)
+    trainable, run_config = trial_runner(req, setup, tracker, name, exp_dir.parent, req.num_samples, "trial")
     searcher = ParetoSafeOptunaSearch(
         space=space.param_space(), metric=list(req.objectives), mode=directions(req.objectives),
         sampler=make_sampler(a.sampler, a.search_seed, req.profile.n_startup), storage=storage,

@@ -87,9 +87,13 @@ def build_parser() -> Parser:
     g.add_argument("--projection", default="both", choices=("both", "down"), help="both (default): every trial's "
                    "widths are scaled onto its cost target (budget x cost_target), up towards the teacher's as well "
                    "as down; down: only configurations over it are scaled (the behaviour before cost targets)")
-    g.add_argument("--promote", type=int, default=None, help="after the trials, the K best (by short-fidelity val) "
+    g.add_argument("--promote", type=int, default=None, help="after the trials, the K best (by --promote-by) "
                    "of each cost band are trained again at the long budget, 8 full KD epochs, and the front is read "
                    "at the highest fidelity each member reached (default: the profile's, 1; smoke 0; 0 = none)")
+    g.add_argument("--promote-by", default="adaptive_bn", choices=["adaptive_bn", "short"],
+                   help="what ranks a band's trials for promotion: adaptive_bn (default: val right after the edits "
+                   "and BN recalibration, which ordered architectures within a band closest to the long budget in "
+                   "analysis/proxy_depth.py) or short (the short repair's val)")
     g.add_argument("--bands", type=int, default=3, help="cost bands promotion picks from, equal on a log scale "
                    "between 0.3 and 1.0 of the budget (default 3: around 0.3, 0.56 and 1.0)")
     o = p.add_argument_group("operations")
@@ -105,6 +109,8 @@ def build_parser() -> Parser:
     o.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default sqlite:///OUT/mlflow.db)")
     o.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (on 127.0.0.1)")
     o.add_argument("--quiet", action="store_true", help="no per-epoch lines from trials")
+    o.add_argument("--verbose", action="store_true", help="also Ray Tune's status table (every 60 s) and "
+                   "its per-trial result lines; by default one line per trial start and end and a progress bar")
     return p
 
 

@@ -5,8 +5,8 @@ A search trial is measured at two fidelities (m2mdc.fidelity): adaptive BN (no t
 architectures of one cost far better than they compare an architecture with a cheaper one, so the
 promotion rule works per cost band: the sampled costs are cut into bands of equal width on a log
 scale (by default three, centred on 0.3, 0.56 and 1.0 of the budget: the README's 0.006 / 0.0111 /
-0.02 GMACs at 0.02), and in each band the ``k`` best completed trials by short val are trained again
-at the long budget, plus the band's best *sampled* one if none of the k is (a seeded point must not
+0.02 GMACs at 0.02), and in each band the ``k`` best completed trials are trained again at the long
+budget, plus the band's best *sampled* one if none of the k is (a seeded point must not
 take a band's only place: the search's own finds are what it is judged by).
 
 Promoted trials run in a second Ray Tune experiment of the same search (``OUT/search/NAME/promotion``),
@@ -36,6 +36,7 @@ FIDELITY = "fidelity"  # a trial config's field naming its fidelity (absent: sho
 PROMOTED_FROM = "promoted_from"  # a promoted trial config's field: the trial it retrains
 BOOKKEEPING = (FIDELITY, PROMOTED_FROM)  # config fields that are not knobs
 LOWEST_SHARE = 0.3  # the cheapest cost target a search space samples, as a share of the budget
+PROMOTE_BY = {"adaptive_bn": "val_top1_adaptive_bn", "short": "val_top1"}  # --promote-by -> the row's metric
 
 
 def fidelity_of(config: dict) -> str:
@@ -64,23 +65,30 @@ def band_of(gmacs: float, edges: list[float]) -> int:
     return len(edges) - 2
 
 
-def choose(rows: list[dict], budget: float, k: int, bands: int, origins: dict[str, str]) -> list[dict]:
-    """The promotions: per cost band, the ``k`` completed short-fidelity rows with the highest val top-1,
-    and the band's best sampled row if none of them is sampled. ``origins``: trial id -> origin label."""
+def choose(rows: list[dict], budget: float, k: int, bands: int, origins: dict[str, str],
+           rank_by: str = "val_top1") -> list[dict]:
+    """The promotions: per cost band, the ``k`` completed short-fidelity rows with the highest ``rank_by``
+    (a PROMOTE_BY metric), and the band's best sampled row if none of them is sampled. A row without that
+    metric is ranked last, never dropped. ``origins``: trial id -> origin label."""
     if k <= 0:
         return []
     edges = band_edges(budget, bands)
     done = [r for r in rows if r["status"] == COMPLETED and fidelity_of(r["config"]) == SHORT.name
             and r.get("val_top1") is not None and r.get("gmacs") is not None]
+
+    def rank(r):
+        v = r.get(rank_by)
+        return (v is None, -(v or 0.0), -r["val_top1"], r["gmacs"], r["trial_id"])
+
     chosen = []
     for b in range(bands):
-        inside = sorted((r for r in done if band_of(r["gmacs"], edges) == b),
-                        key=lambda r: (-r["val_top1"], r["gmacs"], r["trial_id"]))
+        inside = sorted((r for r in done if band_of(r["gmacs"], edges) == b), key=rank)
         picks = inside[:k]
         if picks and not any(is_sampled(origins.get(r["trial_id"], "")) for r in picks):
             picks += [r for r in inside[k:] if is_sampled(origins.get(r["trial_id"], ""))][:1]
         chosen += [{"trial_id": f"{r['trial_id']}-{LONG.name}", "source": r["trial_id"], "band": b,
                     "band_gmacs": [edges[b], edges[b + 1]], "short_val_top1": r["val_top1"],
+                    "ranked_by": rank_by, "ranked_value": r.get(rank_by),
                     "config": {**knobs_of(r["config"]), FIDELITY: LONG.name, PROMOTED_FROM: r["trial_id"]}}
                    for r in picks]
     return chosen
@@ -90,14 +98,16 @@ def is_sampled(origin: str) -> bool:
     return origin.startswith("sampled")
 
 
-def promotions(exp_dir: Path, rows: list[dict], budget: float, k: int, bands: int, origins: dict[str, str]) -> list:
+def promotions(exp_dir: Path, rows: list[dict], budget: float, k: int, bands: int, origins: dict[str, str],
+               rank_by: str = "val_top1") -> list:
     """The search's promotion list: the one it wrote before (a resume never chooses again), else chosen
     now and written before any promoted trial starts."""
     path = Path(exp_dir) / PROMOTIONS
     if path.exists():
         return json.loads(path.read_text())["promotions"]
-    chosen = choose(rows, budget, k, bands, origins)
-    write_json(path, {"fidelity": LONG.name, "per_band": k, "bands": bands, "promotions": chosen})
+    chosen = choose(rows, budget, k, bands, origins, rank_by)
+    write_json(path, {"fidelity": LONG.name, "per_band": k, "bands": bands, "ranked_by": rank_by,
+                      "promotions": chosen})
     faults.point("promotion", path)
     return chosen
 

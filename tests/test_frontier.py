@@ -28,6 +28,13 @@ def test_smoke_search_end_to_end(out):
     assert "Pareto set" in r.stdout
     _, by_status = check_search(out, "smoke", 4)
     assert "stopped_early" in by_status.values()
+    # the console: a start and an end line per trial (config, cost, val, fidelity, seconds) and a progress
+    # bar; Ray's status table only with --verbose
+    for n in range(1, 5):
+        assert f"[trial {n}/4 start] " in r.stderr
+    ends = [ln for ln in r.stderr.splitlines() if "/4 done]" in ln or "/4 stopped early]" in ln]
+    assert len(ends) == 4 and all("GMACs" in ln and "fidelity short" in ln and ln.endswith(" s") for ln in ends)
+    assert "trials: 100%" in r.stderr and "Trial status" not in r.stdout + r.stderr
 
 
 def test_existing_search_needs_resume_or_a_new_name(out, capfd):

@@ -43,6 +43,16 @@ def test_each_band_promotes_its_best_and_its_best_sampled_one():
     assert choose(rows, 0.02, 0, 3, origins) == []
 
 
+def test_promotion_by_adaptive_bn_ranks_by_the_untrained_val_and_keeps_rows_without_it():
+    rows = [_row("a", 60.0, 0.019), _row("b", 55.0, 0.0185), _row("c", 59.0, 0.018)]
+    rows[0]["val_top1_adaptive_bn"], rows[1]["val_top1_adaptive_bn"] = 30.0, 45.0  # c has none: ranked last
+    origins = {t: f"sampled (tpe #{i})" for i, t in enumerate("abc")}
+    by = [choose(rows, 0.02, k, 1, origins, rank_by="val_top1_adaptive_bn") for k in (1, 3)]
+    assert [c["source"] for c in by[0]] == ["b"] and [c["source"] for c in by[1]] == ["b", "a", "c"]
+    assert by[0][0]["ranked_by"] == "val_top1_adaptive_bn" and by[0][0]["ranked_value"] == 45.0
+    assert [c["source"] for c in choose(rows, 0.02, 1, 1, origins)] == ["a"]  # by the short val
+
+
 def test_the_front_reads_each_configuration_at_its_highest_fidelity():
     rows = [_row("a", 60.0, 0.02), _row("b", 55.0, 0.01), _row("a-long", 66.0, 0.02, promoted_from="a"),
             _row("b-long", 0.0, 0.01, status="failed", promoted_from="b")]
