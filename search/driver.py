@@ -68,7 +68,7 @@ class Profile:
 PROFILES = {
     "smoke": Profile(num_samples=4, kd_epochs=1, steps_per_epoch=3, probe_samples=500, teacher_epochs=5, n_startup=2,
                      promote=0, long_steps=3),
-    "quick": Profile(num_samples=12, kd_epochs=2, steps_per_epoch=40, probe_samples=5000,
+    "quick": Profile(num_samples=24, kd_epochs=2, steps_per_epoch=40, probe_samples=5000,
                      teacher_epochs=None, n_startup=4),
     "paper": Profile(num_samples=64, kd_epochs=5, steps_per_epoch=None, probe_samples=5000,
                      teacher_epochs=None, n_startup=10),

@@ -62,7 +62,7 @@ def build_parser() -> Parser:
     add_data_args(p)
     g = p.add_argument_group("search")
     g.add_argument("--space", default=None, help="space name (spaces/NAME.yaml) or YAML path (default: the --arch's)")
-    g.add_argument("--profile", default="quick", choices=PROFILES, help="smoke (tests), quick (CPU, ~15 min), "
+    g.add_argument("--profile", default="quick", choices=PROFILES, help="smoke (tests), quick (CPU, 24 trials: ~25 min of short trials on CIFAR-100 at 2 cores, then the promotions), "
                    "paper (paper epochs, for GPUs); default quick")
     g.add_argument("--num-samples", type=int, default=None, help="trials (default: the profile's)")
     g.add_argument("--kd-epochs", type=int, default=None, help="T of every KD repair (default: the profile's)")
