@@ -3,6 +3,11 @@
     python analysis/export.py --run-id RUN_ID --format onnx          # FP32 ONNX, checked in onnxruntime
     python analysis/export.py --run-id RUN_ID --format torchscript
     python analysis/export.py --run-id RUN_ID --format state_dict    # model.pt + keep_cfg.json
+    python analysis/export.py --run-id RUN_ID --register NAME --alias champion   # MLflow Model Registry
+
+``--register`` makes the run's logged MLflow model (every Pareto member has one: search/mlflow_models.py)
+a version of registered model NAME, optionally under ALIAS; ``mlflow.pytorch.load_model("models:/NAME@ALIAS")``
+then loads it anywhere that tracking server is reachable (an INT8 member after ``import m2mdc.quant``).
 
 The run's ``model`` artefact (logged for Pareto members, or pass --model-dir for any trial folder)
 is reloaded with m2mdc.results.load_result. The ONNX file is run in onnxruntime on a batch of
@@ -55,18 +60,48 @@ def export_onnx(model: torch.nn.Module, path: Path, resolution: int, atol: float
     return float(np.abs(got - ref).max())
 
 
+def register(a) -> int:
+    # search.mlflow_models imports mlflow (~1.2 s) and m2mdc.results; only --register needs them
+    from mlflow.exceptions import MlflowException
+
+    from search.mlflow_models import register_member
+    from search.tracking import default_uri
+
+    uri = a.mlflow_uri or default_uri(out_root(a.out_dir))
+    try:
+        open_client(uri).get_run(a.run_id)
+    except MlflowException:
+        raise UserError(f"no MLflow run {a.run_id} in {uri}; take a run id from analysis/review.py's table") from None
+    version = register_member(uri, a.run_id, a.register, a.alias)
+    where = f"models:/{a.register}@{a.alias}" if a.alias else f"models:/{a.register}/{version}"
+    print(f"registered run {a.run_id} as {a.register} version {version}; load it with "
+          f"mlflow.pytorch.load_model({where!r})")
+    return 0
+
+
 @cli
 def main(argv=None):
     p = Parser(prog="python analysis/export.py", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run-id", help="MLflow trial run holding a 'model' artefact")
     src.add_argument("--model-dir", help="a model folder (search trial_*/model or m2mdc.compress output)")
-    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--format", choices=FORMATS, help="write the model in this format (or --register)")
+    p.add_argument("--register", metavar="NAME", help="register the run's MLflow model as a version of NAME in "
+                   "the Model Registry (needs --run-id)")
+    p.add_argument("--alias", help="with --register: point this alias (e.g. champion) at the new version")
     p.add_argument("--mlflow-uri", default=None, help="default sqlite:///OUT/mlflow.db")
     p.add_argument("--out-dir", default=None)
     p.add_argument("--dest", default=None, help="output folder (default OUT/export/RUN_OR_DIR-FORMAT)")
     p.add_argument("--atol", type=float, default=1e-4, help="max |onnxruntime - PyTorch| accepted (default 1e-4)")
     a = p.parse_args(argv)
+    if (a.format is None) == (a.register is None):
+        raise UserError("pass --format FORMAT to write a file, or --register NAME to register the run's model")
+    if a.register and not a.run_id:
+        raise UserError("--register needs --run-id RUN_ID (a Pareto member's run: analysis/review.py lists them)")
+    if a.alias and not a.register:
+        raise UserError("--alias applies to --register NAME")
+    if a.register:
+        return register(a)
     # m2mdc.results (m2mdc.models, torchvision) adds ~1.3 s and search.tracking (ray.tune) ~2.6 s to the import
     # (python -X importtime); --help and the argument errors do not pay them
     from m2mdc.results import load_result

@@ -234,11 +234,12 @@ class SearchTracker:
 
     def finish(self, rows: list[dict], front_ids: set[str], parent_files: list[Path], metrics: dict,
                status: str = "FINISHED") -> None:
-        """Tag every trial run pareto=true/false, log the Pareto members' models and the parent's
-        table + plot, close the parent run. Every write may be repeated by a resume."""
-        from mlflow.entities import Metric  # mlflow: ~0.5 s to import (see start_parent)
+        """Tag every trial run pareto=true/false, log the Pareto members' artefacts and MLflow models
+        (search/mlflow_models.py) and the parent's table + plot, close the parent run. Every write may be
+        repeated by a resume."""
+        from mlflow.entities import Metric, RunTag  # mlflow: ~0.5 s to import (see start_parent)
 
-        from mlflow.entities import RunTag  # mlflow: ~0.5 s to import (see start_parent)
+        from .mlflow_models import log_member  # mlflow.pytorch and mlflow.models: only the search's end needs them
 
         origin = {r["trial_id"]: r.get("origin") for r in rows}
         for i, (tid, st) in enumerate(self.state.items()):
@@ -250,8 +251,10 @@ class SearchTracker:
                 faults.point("report.pareto_tags")
         for r in rows:
             if r["trial_id"] in front_ids and r.get("model_dir") and Path(r["model_dir"]).exists():
-                self.client.log_artifacts(self.state[r["trial_id"]].run_id, str(r["model_dir"]), "model")
+                run_id = self.state[r["trial_id"]].run_id
+                self.client.log_artifacts(run_id, str(r["model_dir"]), "model")
                 faults.point("mlflow.member_artifacts")
+                log_member(self.uri, run_id, Path(r["model_dir"]))  # listed in MLflow's Models column
         for f in parent_files:
             self.client.log_artifact(self.parent_id, str(f))
         logged = self.client.get_run(self.parent_id).data.metrics

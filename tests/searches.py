@@ -98,6 +98,9 @@ def check_search(out: Path, name: str, n_trials: int):
         if c.data.tags["trial_id"] in tagged:
             assert {a.path for a in client.list_artifacts(c.info.run_id, "model")} >= {"model/keep_cfg.json",
                                                                                          "model/model.pt2"}
+            # and an MLflow model of its run (MLflow's Models column), logged once
+            model_id = c.data.tags["mlflow_model_id"]
+            assert client.get_logged_model(model_id).source_run_id == c.info.run_id
     parent_files = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"pareto.md", "frontier.png", "trials.csv"} <= parent_files
     png = out / "search" / name / "frontier.png"
