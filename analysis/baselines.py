@@ -151,12 +151,57 @@ def _ips(lat: dict) -> str:
     return f"{lat['bs64_images_per_s']:.0f} img/s" if lat else ""
 
 
+MARKERS = "osD^v<>pP*Xh"  # with tab20's colours: every row of a 20-row table distinct in colour and marker
+
+
+def dot_plot(rows: dict[str, list[dict]], teacher: dict, budget: float, path: Path, budgets) -> Path:
+    """One row per method: test top-1 mean ± sample std over its seeds, a marker per budget (short, long),
+    a colour per method, the teacher's test top-1 as a vertical line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # matplotlib only when plotting (as search.pareto.figure)
+
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(9.5, 0.42 * len(names) + 1.6), dpi=120)
+    try:
+        colours = plt.get_cmap("tab20").colors
+        for i, name in enumerate(names):
+            y = len(names) - 1 - i
+            for j, b in enumerate(budgets):
+                vals = [r["test_top1"] for r in rows[name] if r["run"]["budget"] == b]
+                if not vals:
+                    continue
+                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                ax.errorbar([statistics.mean(vals)], [y + (j - (len(budgets) - 1) / 2) * 0.28], xerr=[sd],
+                            fmt=MARKERS[j % len(MARKERS)], color=colours[i % len(colours)], ms=6, capsize=3,
+                            mfc=colours[i % len(colours)] if b == budgets[-1] else "white")
+        for j, b in enumerate(budgets):  # legend: the budgets' markers
+            ax.errorbar([], [], xerr=[], fmt=MARKERS[j % len(MARKERS)], color="grey",
+                        mfc="grey" if b == budgets[-1] else "white", label=f"{b} budget (mean ± std over seeds)")
+        ax.axvline(teacher["test_top1"], ls="--", c="black", lw=1, label=f"teacher {teacher['test_top1']:.2f}")
+        ax.set_yticks(range(len(names)), list(reversed(names)), fontsize=8)
+        ax.set_xlabel("test top-1 (%)")
+        ax.set_title(f"baselines at {budget:g} GMACs")
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
 def plots(rows: dict[str, list[dict]], teacher: dict, latency: dict, budget: float, folder: Path, budgets) -> list:
-    out = []
-    files = {"gmacs": "baselines.png", "bs1_ms": "baselines-latency.png", "bs64_images_per_s": "baselines-throughput.png"}
-    for x, label in (("gmacs", "GMACs (fvcore, 1 image)"), ("bs1_ms", "batch-1 latency (ms, as shipped)"),
+    """The dot plot (baselines.png) and, with latency measured, test top-1 against latency and throughput."""
+    out = [dot_plot(rows, teacher, budget, folder / "baselines.png", budgets)]
+    files = {"bs1_ms": "baselines-latency.png", "bs64_images_per_s": "baselines-throughput.png"}
+    from matplotlib import colormaps  # matplotlib only when plotting (as search.pareto.figure)
+
+    colours = colormaps["tab20"].colors
+    for x, label in (("bs1_ms", "batch-1 latency (ms, as shipped)"),
                      ("bs64_images_per_s", "batch-64 throughput (images/s, as shipped)")):
-        if x != "gmacs" and not latency:  # --no-latency: no empty latency plots
+        if not latency:  # --no-latency: no empty latency plots
             continue
         path = folder / files[x]
         b = budgets[-1]
@@ -164,15 +209,14 @@ def plots(rows: dict[str, list[dict]], teacher: dict, latency: dict, budget: flo
                     legend_outside=True) as ax:
             for i, (name, results) in enumerate(rows.items()):
                 rs = [r for r in results if r["run"]["budget"] == b] or results
-                xv = rs[0]["gmacs"] if x == "gmacs" else latency.get(name, {}).get(x)
+                xv = latency.get(name, {}).get(x)
                 if xv is None:
                     continue
-                ax.scatter([xv], [statistics.mean(r["test_top1"] for r in rs)], c=f"C{i}", s=50, label=name)
-            tx = teacher["gmacs"] if x == "gmacs" else latency.get("teacher", {}).get(x)
+                ax.scatter([xv], [statistics.mean(r["test_top1"] for r in rs)], color=colours[i % len(colours)],
+                           marker=MARKERS[i % len(MARKERS)], s=50, label=name)
+            tx = latency.get("teacher", {}).get(x)
             if tx is not None:
                 ax.scatter([tx], [teacher["test_top1"]], marker="*", s=160, c="black", label="teacher")
-            if x == "gmacs":
-                ax.axvline(budget, ls="--", c="grey", label=f"budget {budget:g} GMACs")
         out.append(path)
     return out
 

@@ -86,6 +86,7 @@ def load_search(client, name: str) -> Search:
         values["int8"] = r.data.tags.get("int8") == "true"
         trials.append({"run_id": r.info.run_id, "trial_id": r.data.tags.get("trial_id"),
                        "status": r.data.tags.get("status"), "pareto_tag": r.data.tags.get("pareto"),
+                       "origin": r.data.tags.get("origin"),
                        "start": r.info.start_time, "end": r.info.end_time or 0, "config": dict(r.data.params),
                        **values})
     trials.sort(key=lambda t: (t["end"], t["start"]))  # the order trials finished in

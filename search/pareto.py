@@ -100,26 +100,51 @@ def figure(path: Path, xlabel: str, ylabel: str, title: str = "", height: float 
         plt.close(fig)
 
 
+ORIGIN_MARKERS = {"seeded baseline": "s", "prior": "D", "sampled": "o", "given": "^", "unknown": "x"}
+FIDELITY_COLOURS = {"adaptive_bn": "tab:orange", "short": "tab:blue", "long": "tab:green"}
+
+
+def origin_kind(origin: str | None) -> str:
+    """The ORIGIN_MARKERS kind of an origin label ("sampled (tpe #4)", "seeded baseline: uniform width", ...)."""
+    return next((k for k in ORIGIN_MARKERS if origin and origin.startswith(k)), "unknown")
+
+
 def frontier_plot(rows: list[dict], front: list[dict], path: Path, budget_gmacs: float | None = None,
                   teacher: dict | None = None, title: str = "", others: list[dict] | None = None,
                   x: str = "gmacs", y: str = "val_top1", budget_ms: float | None = None) -> Path:
     """``y`` (accuracy) against ``x`` (GMACs by default; latency, size): finished trials (dominated ones
     faded), the Pareto front as a step line, the teacher marked, the budget as a vertical line when
-    x is GMACs (or latency, with ``budget_ms``). ``others`` (e.g. stopped-early trials' last values) are hollow markers. Writes a PNG."""
+    x is GMACs (or latency, with ``budget_ms``); each point's marker names its origin (seeded baseline, prior,
+    sampled, given) and its colour the fidelity it was read at. ``others`` (e.g. stopped-early trials' last
+    values) are hollow markers. Writes a PNG."""
     ids = {id(r) for r in front}
-    dom = [r for r in rows if id(r) not in ids and r.get(x) is not None]
-    with figure(path, METRICS[x].label, METRICS[y].label, title) as ax:
-        if dom:
-            ax.scatter([r[x] * METRICS[x].scale for r in dom], [r[y] for r in dom], c="tab:blue", alpha=0.3,
-                       label="dominated on all objectives")
+    with figure(path, METRICS[x].label, METRICS[y].label, title, legend_outside=True) as ax:
+        # marker = where the configuration came from, colour = the fidelity it was read at, faded = dominated
+        shown = [r for r in rows if r.get(x) is not None and r.get(y) is not None]
+        for kind, marker in ORIGIN_MARKERS.items():
+            for fidelity, colour in FIDELITY_COLOURS.items():
+                for on_front in (False, True):
+                    pts = [r for r in shown if origin_kind(r.get("origin")) == kind and
+                           (r.get("fidelity") or "short") == fidelity and (id(r) in ids) == on_front]
+                    if pts:
+                        ax.scatter([r[x] * METRICS[x].scale for r in pts], [r[y] for r in pts], marker=marker,
+                                   c=colour, alpha=1.0 if on_front else 0.35, s=46 if on_front else 30,
+                                   edgecolors="black" if on_front else "none")
+        for kind, marker in ORIGIN_MARKERS.items():  # legend: one entry per origin and per fidelity shown
+            if any(origin_kind(r.get("origin")) == kind for r in shown):
+                ax.scatter([], [], marker=marker, c="grey", label=kind)
+        for fidelity, colour in FIDELITY_COLOURS.items():
+            if any((r.get("fidelity") or "short") == fidelity for r in shown):
+                ax.scatter([], [], marker="o", c=colour, label=f"read at {fidelity}")
+        ax.scatter([], [], marker="o", c="white", edgecolors="black", label="Pareto member (faded: dominated)")
         others = [r for r in others or [] if r.get(x) is not None]
         if others:
             ax.scatter([r[x] * METRICS[x].scale for r in others], [r[y] for r in others], facecolors="none",
                        edgecolors="grey", alpha=0.6, label="stopped early (last value)")
         pts = sorted((r for r in front if r.get(x) is not None), key=lambda r: (r[x], -r[y]))
         if pts:
-            ax.plot([r[x] * METRICS[x].scale for r in pts], [r[y] for r in pts], "-o", c="tab:red",
-                    drawstyle="steps-post", label="Pareto set")
+            ax.plot([r[x] * METRICS[x].scale for r in pts], [r[y] for r in pts], "-", c="tab:red",
+                    drawstyle="steps-post", label="Pareto set", zorder=0)
         if teacher and teacher.get(x) is not None and teacher.get(y) is not None:
             ax.scatter([teacher[x] * METRICS[x].scale], [teacher[y]], marker="*", s=160, c="black", label="teacher")
         if budget_gmacs and x == "gmacs":
