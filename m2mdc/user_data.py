@@ -8,11 +8,14 @@ once. What that means:
 * a deterministic transform (resize, normalise, ...) is applied exactly as the user wrote it;
 * a random transform is drawn once per sample and frozen for the call (the KD repairs add the paper's
   horizontal flip on top, as for every dataset);
-* nothing is cached across calls: the tensors, the teacher's outputs and the MI scores live in memory
-  for one call. (The teacher outputs' cache key, m2mdc.distill, hashes the tensors' bytes, so even a
-  cache could not mix up two transforms.)
+* ``m2mdc.compress`` caches nothing across calls: the tensors, the teacher's outputs and the MI scores
+  live in memory for one call. A search (search.api) caches the teacher's record, MI scores and outputs
+  under OUT/teachers/, keyed on a content hash of these tensors (``fingerprint``) and of the model's
+  weights, so data read through another transform never reuses them.
 """
 from __future__ import annotations
+
+import hashlib
 
 import torch
 from torch.utils.data import DataLoader
@@ -80,4 +83,15 @@ def user_dataset(train, val, test, num_classes: int) -> Dataset:
         raise UserError(f"images of {resolution}x{resolution} are too small; resize them to 32x32 or larger")
     return Dataset("user", num_classes, splits["train"], splits["val"], splits.get("test"), resolution=resolution,
                    meta={"source": "python", "mean": list(IDENTITY_MEAN), "std": list(IDENTITY_STD),
-                         "val_from_train": False})
+                         "val_from_train": False, "fingerprint": fingerprint(splits)})
+
+
+def fingerprint(splits: dict[str, Split]) -> str:
+    """A content hash of the splits' tensors: what keys a search's cached teacher outputs and MI scores
+    (m2mdc.teacher.cache_key), so data read through another transform never reuses them."""
+    h = hashlib.sha256()
+    for what in sorted(splits):
+        h.update(what.encode())
+        h.update(splits[what].images.contiguous().numpy().tobytes())
+        h.update(splits[what].labels.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -26,6 +26,7 @@ from m2mdc.device import pick_device
 from m2mdc.errors import UserError
 from m2mdc.io import write_json
 from m2mdc.objectives import directions
+from m2mdc.train import pct
 from m2mdc.trial_budget import channel_signals, cohort, max_reports
 
 from .early_stop import CollapseStoppingASHA
@@ -117,7 +118,7 @@ def build_setup(req: SearchRequest, device):
     a, prof = req.args, req.profile
     ctx = prepare_context(a.arch, req.ds, req.teacher_recipe, device, a.out_dir, quiet=a.quiet)
     t = ctx.teacher_record
-    print(f"[teacher] val top-1 {t['val_top1']:.2f}%  test top-1 {t['test_top1']:.2f}%  GMACs {t['gmacs']:.4f}",
+    print(f"[teacher] val top-1 {t['val_top1']:.2f}%  test top-1 {pct(t['test_top1'])}  GMACs {t['gmacs']:.4f}",
           flush=True)
     ctx.get_teacher_outputs()
     ctx.get_block_scores(10, prof.probe_samples)

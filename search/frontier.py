@@ -229,7 +229,13 @@ def gpus_per_trial(device: str, requested: float | None) -> float:
 
 @cli
 def main(argv=None):
-    a = build_parser().parse_args(argv)
+    return run_search(search_request(build_parser().parse_args(argv)))
+
+
+def search_request(a, data: tuple | None = None) -> SearchRequest:
+    """The search the parsed flags describe, every input checked before anything starts. ``data``: a
+    (teacher source, m2mdc.data.Dataset) already built (search.api: a user's module and datasets), in
+    place of the one --teacher / --dataset name."""
     prof = PROFILES[a.profile]
     if a.budget_gmacs is None and a.budget_ms is None:
         raise UserError("no budget: pass --budget-gmacs (e.g. 0.02) and/or --budget-ms (e.g. 1.5)")
@@ -283,13 +289,14 @@ def main(argv=None):
         print(line, flush=True)
     points = seeded + given
 
-    cost = CostModel(get_adapter(a.arch), num_classes_of(a.dataset, a.data_dir), a.resolution)
+    num_classes = data[1].num_classes if data else num_classes_of(a.dataset, a.data_dir)
+    cost = CostModel(get_adapter(a.arch), num_classes, a.resolution)
     gmacs_given = a.budget_gmacs is not None
     if gmacs_given:
         check_budget(cost, a.budget_gmacs)
     else:  # a latency budget alone: MACs are unconstrained (the teacher's own GMACs bound every student)
         a.budget_gmacs = cost.full_gmacs
-    recipe, ds = teacher_and_data(a, search=True)
+    recipe, ds = data or teacher_and_data(a, search=True)
 
     root = ensure_writable(out_root(a.out_dir), "make it writable, then run the same command again" if a.resume
                            else "pass a writable --out-dir")
@@ -335,9 +342,9 @@ def main(argv=None):
     training = {"epochs": kd_epochs, "steps_per_epoch": steps}
     if latency_check is not None:
         latency_check.save_to(root / "latency")  # the startup measurements, kept now that the search starts
-    return run_search(SearchRequest(a, name, root, exp_dir, space, points, ds, recipe, prof,
-                                    OBJECTIVE_SETS[a.objectives], num_samples, training, cpus, mlflow_uri, identity,
-                                    meta, seeded=len(seeded), point_origins=origins))
+    return SearchRequest(a, name, root, exp_dir, space, points, ds, recipe, prof, OBJECTIVE_SETS[a.objectives],
+                         num_samples, training, cpus, mlflow_uri, identity, meta, seeded=len(seeded),
+                         point_origins=origins)
 
 
 def exit_without_final_gc(rc) -> None:

@@ -52,7 +52,7 @@ def pareto_markdown(front: list[dict], objectives) -> str:
 def write_outputs(rows: list[dict], front: list[dict], objectives, folder: Path, budget_gmacs: float,
                   teacher: dict, title: str, budget_ms: float | None = None) -> list[Path]:
     """trials.csv (every trial), pareto.md, and a plot of accuracy against each other objective."""
-    cols = ["trial_id", "status", "pareto", "origin", *METRICS, "config", "run_id"]
+    cols = ["trial_id", "status", "pareto", "origin", *METRICS, "config", "run_id", "model_dir"]
     front_ids = {r["trial_id"] for r in front}
     buf = io.StringIO()
     w = csv.DictWriter(buf, cols, extrasaction="ignore")

@@ -77,6 +77,31 @@ def test_example_compresses_within_budget_and_records_what_a_fresh_process_measu
     assert api["val_top1"] > 50  # it learnt (10 classes: chance is 10 %)
 
 
+@pytest.mark.slow
+def test_search_example_finds_members_a_fresh_process_measures_the_same(tmp_path):
+    """examples/search_own_model.py: a smoke search through search.api on the user's model and Datasets;
+    every Pareto member is within the budget (fvcore) and scores its recorded val through the user's loader."""
+    out = tmp_path / "search"
+    r = subprocess.run([sys.executable, "examples/search_own_model.py", "--out", str(out), "--epochs", "2"],
+                       cwd=REPO, capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    members = json.loads((out / "frontier.json").read_text())
+    assert members and all(m["run_id"] for m in members)
+    for m in members:
+        fresh = fresh_eval(Path(m["model_dir"]))
+        assert fresh["gmacs"] <= 0.02 and fresh["gmacs"] == pytest.approx(m["gmacs"], abs=1e-9)
+        assert fresh["val_top1"] == pytest.approx(m["val_top1"], abs=1e-9)
+
+
+def test_search_refuses_bad_input_before_writing_anything(tmp_path):
+    from search import api
+
+    with pytest.raises(m2mdc.UserError, match="no adapter fits Sequential"):
+        api.search(nn.Sequential(nn.Conv2d(3, 4, 3)), Digits("train"), Digits("val"), budget_gmacs=0.02,
+                   out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_subclass_compresses_and_its_accuracy_depends_on_the_users_transform(trained, tmp_path):
     budget = 0.5 * gmacs(trained, 32)
     kw = dict(budget_gmacs=budget, kd_epochs=1, steps_per_epoch=6, batch_size=64)
