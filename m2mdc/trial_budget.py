@@ -3,6 +3,8 @@ max_t), the cohort whose reports a trial's are ranked against, and the channel s
 from the teacher. Kept out of the compiler; a vocabulary module (knob names may appear here)."""
 from __future__ import annotations
 
+from typing import Callable
+
 from .compiler import Target, compile_config
 from .knobs import KNOBS, knob_for
 from .steps import plan_reports
@@ -19,10 +21,16 @@ def channel_signals(recipe: str, values: dict[str, tuple]) -> set[str]:
     return needed
 
 
-def cohort(config: dict) -> str:
+def cohort(config: dict, band_of_share: Callable[[float], int] | None = None) -> str:
     """Which trials an early-stopping rung may compare: a one-shot trial reports after all its edits,
-    a progressive one after its first, so each is compared with trials of its own schedule."""
-    return str(config.get("schedule", KNOBS["schedule"].default))
+    a progressive one after its first, so each is compared with trials of its own schedule; and with
+    ``band_of_share`` (cost-target share of the budget -> cost band), only with trials of its cost band,
+    since a cheaper architecture's val trails a dearer one's by construction and a cross-cost rung would
+    stop the cheap trials a frontier search samples on purpose."""
+    schedule = str(config.get("schedule", KNOBS["schedule"].default))
+    if band_of_share is None:
+        return schedule
+    return f"{schedule}|band {band_of_share(float(config.get('cost_target', KNOBS['cost_target'].default)))}"
 
 
 def max_reports(target: Target, recipe: str, budget_gmacs: float | None, training: dict) -> int:

@@ -4,6 +4,7 @@ and the report at the end (search/report.py)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -35,7 +36,8 @@ from .mlflow_store import open_client, sqlite_path
 from .optuna_search import ParetoSafeOptunaSearch, StudyOrderGenerator, make_sampler, origins
 from .outcome import REPORT_INDEX
 from .outcome import environment_failure as outcome_failure
-from .promotion import PROMOTE_BY, PromotionGenerator, PromotionSearcher, highest_fidelity, promotions, source_of
+from .promotion import (PROMOTE_BY, PromotionGenerator, PromotionSearcher, band_of_share, highest_fidelity, promotions,
+                        source_of)
 from .console import TrialConsole
 from .ray_cluster import start_or_join
 from .reconcile import reconcile
@@ -317,7 +319,8 @@ def tune_trials(req: SearchRequest, setup, tracker):
     scheduler = FIFOScheduler() if a.no_asha else CollapseStoppingASHA(
         time_attr=REPORT_INDEX, metric="val_top1", mode="max", max_t=reports,
         grace_period=min(req.training["epochs"], reports), reduction_factor=3, stop_fraction=a.stop_fraction,
-        min_recorded=a.asha_min_trials, state_path=asha_state, cohort=cohort, exempt_first=req.seeded)
+        min_recorded=a.asha_min_trials, state_path=asha_state, exempt_first=req.seeded,
+        cohort=functools.partial(cohort, band_of_share=functools.partial(band_of_share, bands=a.bands)))
     tuner = tune.Tuner(trainable, run_config=run_config,
                        tune_config=tune.TuneConfig(search_alg=StudyOrderGenerator(searcher, a.max_concurrent),
                                                    scheduler=scheduler, num_samples=req.num_samples,

@@ -58,6 +58,11 @@ def band_edges(budget: float, bands: int, lowest: float = LOWEST_SHARE) -> list[
     return [0.0, *inner, budget]
 
 
+def band_of_share(share: float, bands: int) -> int:
+    """The cost band of a cost target given as a share of the budget (what ASHA's cohorts split by)."""
+    return band_of(share, band_edges(1.0, bands))
+
+
 def band_of(gmacs: float, edges: list[float]) -> int:
     for i in range(len(edges) - 1):
         if gmacs <= edges[i + 1]:

@@ -108,3 +108,19 @@ def test_a_search_killed_around_its_promotion_resumes_with_every_record_once(out
                              "--no-log"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert review.returncode == 0, review.stderr[-3000:]
     assert "warning" not in review.stdout and all(tid in review.stdout for tid in tagged)
+
+
+def test_asha_compares_trials_only_within_their_cost_band():
+    """A cheap trial's val trails a dear one's by construction: ASHA's cohorts split by cost band, or it
+    would stop the cheap trials a frontier search samples on purpose (and leave their bands nothing to
+    promote)."""
+    from functools import partial
+
+    from m2mdc.trial_budget import cohort
+    from search.promotion import band_of_share
+
+    by_band = partial(cohort, band_of_share=partial(band_of_share, bands=3))
+    assert by_band({"cost_target": 1.0}) == by_band({}) == by_band({"cost_target": 0.8})
+    assert by_band({"cost_target": 0.3}) == by_band({"cost_target": 0.35}) != by_band({"cost_target": 1.0})
+    assert by_band({"cost_target": 0.56}) not in (by_band({"cost_target": 0.3}), by_band({"cost_target": 1.0}))
+    assert by_band({"schedule": "progressive"}) != by_band({"schedule": "one-shot"})
