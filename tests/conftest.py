@@ -91,8 +91,10 @@ def _isolate_outputs(tmp_path, monkeypatch):
 # file at a time, a long file started last would leave cores idle at the end. This order only holds
 # with --no-loadscope-reorder (the Makefile passes it): xdist otherwise sorts files by their test count.
 # The README's commands are spread over several files for this (tests/readme.py).
-LONGEST_FIRST = ("test_shared_store.py", "test_crash_kills.py", "test_promotion.py", "test_search_members.py", "test_search_resume.py", "test_frontier.py", "test_readme_latency.py",
+LONGEST_FIRST = ("test_shared_store.py", "test_crash_kills.py", "test_promotion.py", "test_search_members.py",
+                 "test_search_resume.py", "test_frontier.py", "test_readme_latency.py", "test_api.py",
                  "test_pqd_ablation.py", "test_own_model.py", "test_readme_compress.py", "test_ray_cluster.py",
+                 "test_mlflow_models.py",
                  "test_readme_benchmarks.py", "test_quant.py", "test_pipeline.py", "test_readme_searches.py",
                  "test_pqd.py", "test_paper_table.py", "test_proxy_depth.py", "test_models.py")
 
