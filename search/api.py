@@ -110,7 +110,8 @@ def search(model: nn.Module, train, val, *, budget_gmacs: float | None = None, b
 def read_frontier(folder: Path, name: str, mlflow_uri: str) -> Frontier:
     """The members and trial table a finished search wrote (search/report.py: trials.csv)."""
     trials = pd.read_csv(folder / "trials.csv", dtype={"trial_id": str})
-    members = [Member(r.trial_id, r.origin if isinstance(r.origin, str) else "", r.fidelity, float(r.val_top1),
+    members = [Member(r.trial_id, r.origin if isinstance(r.origin, str) else "",
+                      r.fidelity if isinstance(r.fidelity, str) else "short", float(r.val_top1),
                       float(r.gmacs), json.loads(r.config), r.run_id if isinstance(r.run_id, str) else None,
                       Path(r.model_dir)) for r in trials[trials["pareto"]].itertuples()]
     record = json.loads((folder / "search.json").read_text()) if (folder / "search.json").exists() else {}
