@@ -22,8 +22,7 @@ from .context import Context
 from .device import pick_device
 from .errors import UserError
 from .knobs import KNOBS
-from .metrics import count_params, gmacs
-from .models import recognise_module
+from .models import get_adapter, recognise_module
 from .teacher import evaluate_teacher
 from .trial import TrialSpec, compile_trial, run_trial
 from .user_data import user_dataset
@@ -73,7 +72,7 @@ def compress(model: nn.Module, train, val, *, budget_gmacs: float | None = None,
     wrong shape, labels outside the head's classes, an empty loader, or a budget the architecture cannot meet.
     """
     arch, student = recognise_module(model)
-    num_classes = student.get_submodule(student_head(arch)).out_features
+    num_classes = student.get_submodule(get_adapter(arch).head_name).out_features
     recipe = recipe or ("fractions" if budget_gmacs is not None else "m2mdc")
     if recipe not in RECIPES:
         raise UserError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
@@ -115,12 +114,6 @@ def compress(model: nn.Module, train, val, *, budget_gmacs: float | None = None,
     return result
 
 
-def student_head(arch: str) -> str:
-    from .models import get_adapter
-
-    return get_adapter(arch).head_name
-
-
 def _checked_knobs(knobs: dict) -> dict:
     """The knob values, each checked against its rule (m2mdc.knobs) before anything is read or trained."""
     config = {}
@@ -135,7 +128,3 @@ def _checked_knobs(knobs: dict) -> dict:
         config[name] = value
     return config
 
-
-def cost_of(model: nn.Module, resolution: int = 32) -> dict:
-    """GMACs (fvcore, one image) and parameters of a module, as every record counts them."""
-    return {"gmacs": gmacs(model, resolution), "params": count_params(model)}
